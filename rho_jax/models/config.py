@@ -1,0 +1,213 @@
+"""Model architecture config that maps one-to-one to Hugging Face `LlamaConfig` / `MistralConfig`.
+
+Field names and meanings are those of `transformers` 5 (`rope_parameters` holds `rope_theta`
+and the scaling variant). `ModelConfig.from_hf_dict` also accepts the older layout with
+top-level `rope_theta` / `rope_scaling` that most checkpoints on disk still use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+# model_type -> the HF architecture class that `save_hf` writes and `load_hf` accepts.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+}
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def supported_architectures_text() -> str:
+    return ", ".join(f"{arch} (model_type '{mt}')" for mt, arch in SUPPORTED_ARCHITECTURES.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeParameters:
+    """HF `rope_parameters`: base `rope_theta` plus an optional frequency-scaling variant.
+
+    - `default`: inv_freq[i] = rope_theta ** (-2i / head_dim)
+    - `linear`: inv_freq / factor
+    - `llama3`: Llama 3.1 band-wise scaling (low frequencies / factor, high ones unchanged,
+      smooth interpolation between wavelengths original_max_position_embeddings / {low,high}_freq_factor)
+    """
+
+    rope_type: str = "default"
+    rope_theta: float = 10000.0
+    factor: float | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(
+                f"Unsupported rope_type {self.rope_type!r}; rho_jax supports {list(SUPPORTED_ROPE_TYPES)}."
+            )
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}.")
+        required = _ROPE_KEYS_BY_TYPE[self.rope_type]
+        missing = [k for k in required if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"rope_type {self.rope_type!r} needs rope_parameters {missing}.")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> RopeParameters:
+        params = dict(params)
+        if "type" in params:  # legacy spelling of rope_type
+            params.setdefault("rope_type", params.pop("type"))
+        rope_type = params.get("rope_type", "default")
+        allowed = {"rope_type", "rope_theta", *_ROPE_KEYS_BY_TYPE.get(rope_type, ())}
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            cls(rope_type=rope_type)  # raises the unsupported-type error
+        # Fields of other variants that HF tooling sometimes leaves behind are harmless only if unset.
+        unknown = sorted(k for k, v in params.items() if k not in allowed and v is not None)
+        if unknown:
+            raise ValueError(
+                f"rope_parameters keys {unknown} are not used by rope_type {rope_type!r} "
+                f"(allowed: {sorted(allowed)})."
+            )
+        return cls(**{k: v for k, v in params.items() if k in allowed})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Llama 1/2/3 or Mistral decoder; each field is the HF config field of the same name."""
+
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> num_attention_heads (MHA)
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    rope_parameters: RopeParameters = RopeParameters()
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    attention_dropout: float = 0.0
+    sliding_window: int | None = None  # Mistral: a query sees at most this many most recent keys (itself included)
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_parameters, dict):
+            object.__setattr__(self, "rope_parameters", RopeParameters.from_dict(self.rope_parameters))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None and self.num_attention_heads > 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.model_type not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"Unsupported model_type {self.model_type!r}; rho_jax supports {supported_architectures_text()}."
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide "
+                f"num_attention_heads ({self.num_attention_heads})."
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}.")
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; Llama/Mistral use 'silu'.")
+        if self.attention_dropout != 0.0:
+            raise ValueError(f"attention_dropout must be 0.0 (not implemented), got {self.attention_dropout}.")
+        if self.rms_norm_eps <= 0:
+            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}.")
+        if self.sliding_window is not None:
+            if self.model_type != "mistral":
+                raise ValueError("sliding_window is a Mistral field; set model_type: mistral or sliding_window: null.")
+            if not isinstance(self.sliding_window, int) or self.sliding_window <= 0:
+                raise ValueError(f"sliding_window must be a positive integer or null, got {self.sliding_window!r}.")
+
+    @property
+    def architecture(self) -> str:
+        return SUPPORTED_ARCHITECTURES[self.model_type]
+
+    def num_parameters(self) -> int:
+        """Exact parameter count (embeddings included, tied output counted once)."""
+        d, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        attention = d * q * 2 + d * kv * 2 + (q + 2 * kv + d if self.attention_bias else 0)
+        mlp = 3 * d * self.intermediate_size + (2 * self.intermediate_size + d if self.mlp_bias else 0)
+        per_layer = attention + mlp + 2 * d
+        embeddings = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * per_layer + embeddings + d
+
+    # ---- HF <-> rho_jax -------------------------------------------------------------------
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any]) -> ModelConfig:
+        """Build from an HF `config.json` dict (transformers 4 or 5 layout); unrelated HF keys are ignored."""
+        model_type = hf.get("model_type")
+        architectures = hf.get("architectures") or []
+        if model_type not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"Unsupported architecture: model_type={model_type!r}, architectures={architectures}. "
+                f"rho_jax supports {supported_architectures_text()}."
+            )
+        wrong = [a for a in architectures if a != SUPPORTED_ARCHITECTURES[model_type]]
+        if wrong:
+            raise ValueError(
+                f"Unsupported architecture {wrong} for model_type {model_type!r}; "
+                f"rho_jax supports {supported_architectures_text()}."
+            )
+        if hf.get("rope_parameters"):
+            rope = dict(hf["rope_parameters"])
+            rope.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+        else:  # transformers 4 layout
+            rope = {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", 10000.0)}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"rope_parameters"}
+        kwargs = {k: v for k, v in hf.items() if k in fields}
+        return cls(**kwargs, rope_parameters=RopeParameters.from_dict(rope))
+
+    def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
+        """The `config.json` contents that `transformers.AutoConfig` reads back into the same model."""
+        out = dataclasses.asdict(self)
+        out["rope_parameters"] = self.rope_parameters.to_dict()
+        if isinstance(self.eos_token_id, tuple):
+            out["eos_token_id"] = list(self.eos_token_id)
+        if self.model_type == "llama":
+            del out["sliding_window"]
+        out["architectures"] = [self.architecture]
+        out["dtype"] = dtype
+        return out
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        """Read an HF `config.json` or a rho_jax model YAML (same field names)."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}.")
+        return cls.from_hf_dict(data)
