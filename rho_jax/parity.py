@@ -1,8 +1,8 @@
 """Tiny random Hugging Face models built offline, and their reference logits from `transformers`.
 
 Used by the parity tests and `python -m rho_jax.demo`. Needs torch (the `test` extra); nothing is
-downloaded. Weights are re-drawn so that every tensor matters: linear weights ~ N(0, 1/fan_in),
-embeddings ~ N(0, 1), norm weights ~ 1 + N(0, 0.2^2), biases ~ N(0, 0.1^2); logits are O(1), so a
+downloaded. Weights are re-drawn so that every tensor matters: linear weights and embeddings
+~ N(0, 1/last_dim), norm weights ~ 1 + N(0, 0.2^2), biases ~ N(0, 0.1^2); logits are O(1), so a
 1e-4 tolerance detects any wrong mapping, mask or rotary detail.
 """
 
@@ -94,8 +94,6 @@ def _randomize(model, seed: int) -> None:
                 param.copy_(1.0 + 0.2 * noise)
             elif name.endswith(".bias"):
                 param.copy_(0.1 * noise)
-            elif "embed_tokens" in name:
-                param.copy_(noise)
             else:
                 param.copy_(noise / math.sqrt(param.shape[-1]))
 

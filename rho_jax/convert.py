@@ -1,0 +1,77 @@
+"""Convert models between Hugging Face format and rho_jax (orbax) model directories.
+
+    python -m rho_jax.convert to-orbax HF_DIR OUT_DIR [--param-dtype float32]
+    python -m rho_jax.convert to-hf RHO_DIR OUT_DIR [--dtype bfloat16] [--max-shard-size 5GB]
+
+Tokenizer files in the source directory are copied along. No network access, no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, '1024' -> 1024 bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).upper() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use e.g. 5GB, 500MB, 2GiB or a byte count.")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def parse_dtype(text: str) -> str:
+    allowed = ("float32", "bfloat16", "float16")
+    if text not in allowed:
+        raise argparse.ArgumentTypeError(f"invalid dtype {text!r}; choose one of {', '.join(allowed)}.")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rho_jax.convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="direction", required=True)
+    to_orbax = sub.add_parser("to-orbax", help="HF directory -> rho_jax model directory (orbax)")
+    to_orbax.add_argument("source", type=Path, help="local HF model directory (config.json + *.safetensors)")
+    to_orbax.add_argument("output", type=Path, help="new or empty directory (or an earlier rho_jax model dir)")
+    to_orbax.add_argument("--param-dtype", type=parse_dtype, default="float32", help="stored parameter dtype")
+    to_hf = sub.add_parser("to-hf", help="rho_jax model directory (orbax) -> HF directory")
+    to_hf.add_argument("source", type=Path, help="directory written by `to-orbax` or rho_jax.models.save_orbax")
+    to_hf.add_argument("output", type=Path, help="new or empty directory (or an earlier HF export)")
+    to_hf.add_argument("--dtype", type=parse_dtype, default=None, help="stored dtype (default: as in the source)")
+    to_hf.add_argument("--max-shard-size", type=parse_size, default="5GB", help="split safetensors above this size")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        if args.direction == "to-orbax":
+            model = load_hf(args.source, param_dtype=jnp.dtype(args.param_dtype))
+            save_orbax(model, args.output, tokenizer_from=args.source)
+        else:
+            model = load_orbax(args.source)
+            save_hf(model, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
+                    tokenizer_from=args.source)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    print(
+        f"{args.source} -> {args.output}: {cfg.architecture}, {cfg.num_parameters():,} parameters, "
+        f"{time.perf_counter() - start:.1f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Bad inputs fail with a message that names what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from rho_jax.models import ModelConfig, ModelOptions, load_hf, load_orbax
+
+
+@pytest.fixture
+def model_copy(tiny_hf_dir, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(tiny_hf_dir("llama-gqa"), target)
+    return target
+
+
+def _edit_config(directory, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def _edit_weights(directory, edit):
+    tensors = load_file(str(directory / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_unsupported_architecture_names_the_supported_ones(model_copy):
+    _edit_config(model_copy, model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    with pytest.raises(ValueError, match=r"model_type='gpt2'.*GPT2LMHeadModel.*LlamaForCausalLM.*MistralForCausalLM"):
+        load_hf(model_copy)
+
+
+def test_wrong_head_class_is_rejected(model_copy):
+    _edit_config(model_copy, architectures=["LlamaForSequenceClassification"])
+    with pytest.raises(ValueError, match="LlamaForSequenceClassification.*supports LlamaForCausalLM"):
+        load_hf(model_copy)
+
+
+def test_missing_tensor_names_it_and_its_shape(model_copy):
+    _edit_weights(model_copy, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ValueError, match=r"missing tensor 'model.layers.1.mlp.up_proj.weight' \(expected shape \(128, 64\)\)"):
+        load_hf(model_copy)
+
+
+def test_misshaped_tensor_names_both_shapes(model_copy):
+    def shrink(tensors):
+        tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((16, 64), np.float32)
+
+    _edit_weights(model_copy, shrink)
+    with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.k_proj.weight' has shape \(16, 64\), expected \(32, 64\)"):
+        load_hf(model_copy)
+
+
+def test_unexpected_tensor_is_reported(model_copy):
+    def add_bias(tensors):
+        tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros((64,), np.float32)
+
+    _edit_weights(model_copy, add_bias)
+    with pytest.raises(ValueError, match=r"q_proj.bias.*attention_bias=False"):
+        load_hf(model_copy)
+
+
+def test_directory_without_weights(model_copy):
+    (model_copy / "model.safetensors").unlink()
+    (model_copy / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"No model weights in .*model.safetensors.*\.bin weights are not read"):
+        load_hf(model_copy)
+
+
+def test_index_pointing_to_a_missing_shard(model_copy):
+    (model_copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="model-00001-of-00002.safetensors, which is missing"):
+        load_hf(model_copy)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_hf(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_hf(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="not a rho_jax model directory"):
+        load_orbax(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, r"Unsupported rope_type 'yarn'.*'default', 'linear', 'llama3'"),
+        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, r"llama3.*needs rope_parameters \['low_freq_factor'"),
+        ({"num_key_value_heads": 3}, r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
+        ({"hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported"),
+        ({"sliding_window": 8}, r"sliding_window is a Mistral field"),
+        ({"hidden_size": 0}, r"hidden_size must be a positive integer, got 0"),
+    ],
+)
+def test_invalid_config_fields(fields, message):
+    base = dict(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+                num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_hf_dict({**base, **fields})
+
+
+def test_legacy_rope_layout_is_understood():
+    cfg = ModelConfig.from_hf_dict(dict(
+        model_type="llama", rope_theta=500000.0,
+        rope_scaling={"type": "linear", "factor": 2.0},
+    ))
+    assert cfg.rope_parameters.rope_type == "linear" and cfg.rope_parameters.rope_theta == 500000.0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(dtype="int8"), "dtype must be a floating dtype"),
+        (dict(param_dtype="float33"), "param_dtype: 'float33' is not a dtype name"),
+        (dict(attention="flash"), r"attention must be one of \('auto', 'xla', 'cudnn'\)"),
+    ],
+)
+def test_invalid_model_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        ModelOptions(**options)
