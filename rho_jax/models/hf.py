@@ -1,6 +1,6 @@
 """Hugging Face <-> rho_jax: configs and weights of `LlamaForCausalLM` / `MistralForCausalLM`.
 
-Weights are read from memory-mapped safetensors one parameter at a time and written with
+Weights are read from safetensors one parameter at a time and written with
 `safetensors.numpy`; torch is never imported. Layout conventions:
 - HF `nn.Linear.weight` is `[out, in]`; rho_jax kernels are `[*in_dims, *out_dims]` (e.g. q_proj
   `[embed, heads, head_dim]`, o_proj `[heads, head_dim, embed]`), so a kernel is `W.T` reshaped.
@@ -11,6 +11,7 @@ Weights are read from memory-mapped safetensors one parameter at a time and writ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -103,6 +104,12 @@ def _hf_names(mapping: TensorMapping, cfg: ModelConfig) -> list[str]:
     return [mapping.hf_name]
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked: jax.Array, layer: jax.Array, index: int) -> jax.Array:
+    """stacked[index] = layer, updating the donated buffer in place."""
+    return stacked.at[index].set(layer)
+
+
 def load_hf(
     path: str | Path,
     dtype: Any = jnp.float32,
@@ -112,8 +119,8 @@ def load_hf(
     """Load a local HF Llama/Mistral directory (config.json + safetensors) into a `Llama`.
 
     `dtype`/`param_dtype` set the compute and storage dtypes (or pass full `options`). Parameters
-    are converted one at a time from memory-mapped files: host memory peaks at one stacked
-    parameter beyond the model itself.
+    are read and converted one at a time: host memory peaks at one stacked parameter (plus one
+    per-layer tensor) beyond the model itself, never two copies of the model.
     """
     path = Path(path)
     cfg = read_hf_config(path)
@@ -142,13 +149,13 @@ def load_hf(
 
     def load(param_path: ParamPath, expected: jax.ShapeDtypeStruct) -> jax.Array:
         mapping = mappings[param_path]
-        if mapping.per_layer:
-            host = np.empty(expected.shape, expected.dtype)
-            for i, name in enumerate(_hf_names(mapping, cfg)):
-                host[i] = read(name, expected.shape[1:], mapping)
-        else:
-            host = read(mapping.hf_name, expected.shape, mapping).astype(expected.dtype)
-        return jnp.asarray(host)
+        if not mapping.per_layer:
+            return jnp.asarray(read(mapping.hf_name, expected.shape, mapping), dtype=expected.dtype)
+        stacked = jnp.zeros(expected.shape, expected.dtype)
+        for i, name in enumerate(_hf_names(mapping, cfg)):
+            layer = read(name, expected.shape[1:], mapping).astype(expected.dtype, copy=False)
+            stacked = _set_layer(stacked, layer, i)
+        return stacked
 
     return model_from_arrays(cfg, opts, load)
 

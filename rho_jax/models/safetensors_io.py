@@ -1,10 +1,11 @@
-"""Lazy, memory-mapped reading of (sharded) safetensors checkpoints, bfloat16 included.
+"""Lazy reading of (sharded) safetensors checkpoints, bfloat16 included.
 
 `safetensors.numpy` cannot return bfloat16 tensors (numpy has no such dtype), and most
 Llama/Mistral checkpoints are stored in bfloat16. The format is simple and documented: an
 8-byte little-endian header length, a JSON header `{name: {dtype, shape, data_offsets}}`, then
-raw little-endian data. We memory-map each file and view tensors with `ml_dtypes` types, so a
-tensor is read from disk only when it is used and never copied twice.
+raw little-endian data. Only headers are read up front; each tensor is read from disk on request
+(into a fresh array, typed with `ml_dtypes` where numpy lacks the type), so a caller that converts
+and drops tensors one at a time never holds the whole checkpoint in host memory.
 """
 
 from __future__ import annotations
@@ -44,17 +45,15 @@ class _SafetensorsFile:
         self.path = path
         self.entries: dict[str, dict] = header
         self.data_start = 8 + header_len
-        self._mmap: np.memmap | None = None
 
     def tensor(self, name: str) -> np.ndarray:
         entry = self.entries[name]
         if entry["dtype"] not in _DTYPES:
             raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}.")
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        dtype = _DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
-        raw = self._mmap[self.data_start + begin : self.data_start + end]
-        return raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        count = (end - begin) // dtype.itemsize
+        return np.fromfile(self.path, dtype=dtype, count=count, offset=self.data_start + begin).reshape(entry["shape"])
 
 
 class SafetensorsCheckpoint:
@@ -100,5 +99,5 @@ class SafetensorsCheckpoint:
         return name in self._owner
 
     def tensor(self, name: str) -> np.ndarray:
-        """A read-only memory-mapped view of tensor `name`."""
+        """Tensor `name`, read from disk now."""
         return self._owner[name].tensor(name)
