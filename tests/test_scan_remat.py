@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,16 +32,21 @@ def batch():
     return ids, segments
 
 
+@pytest.fixture(scope="module")
+def baseline(tiny_hf_dir, batch):
+    """Loss, logits and gradients of the default model (scan, no remat)."""
+    return _logits_and_grads(load_hf(tiny_hf_dir("llama-gqa")), *batch)
+
+
 @pytest.mark.parametrize(
     "options",
     [ModelOptions(scan_layers=False)]
     + [ModelOptions(scan_layers=scan, remat=name) for name in sorted(REMAT_POLICIES) if name != "none" for scan in (True, False)],
     ids=lambda o: f"scan={o.scan_layers}-remat={o.remat}",
 )
-def test_same_logits_and_gradients_as_plain_scan(tiny_hf_dir, batch, options):
-    hf_dir = tiny_hf_dir("llama-gqa")
-    base_value, base_logits, base_grads = _logits_and_grads(load_hf(hf_dir), *batch)
-    value, logits, grads = _logits_and_grads(load_hf(hf_dir, options=options), *batch)
+def test_same_logits_and_gradients_as_plain_scan(tiny_hf_dir, batch, baseline, options):
+    base_value, base_logits, base_grads = baseline
+    value, logits, grads = _logits_and_grads(load_hf(tiny_hf_dir("llama-gqa"), options=options), *batch)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(base_logits), atol=1e-5, rtol=0)
     np.testing.assert_allclose(float(value), float(base_value), rtol=1e-6)
     for (path, g), (_, g_base) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(base_grads)):
