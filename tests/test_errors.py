@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from rho_jax.models import ModelConfig, ModelOptions, load_hf, load_orbax
+from rho_jax.models import ModelConfig, ModelOptions, RopeParameters, load_hf, load_orbax
 
 
 @pytest.fixture
@@ -98,13 +98,39 @@ def test_not_a_model_directory(tmp_path):
         ({"hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported"),
         ({"sliding_window": 8}, r"sliding_window is a Mistral field"),
         ({"hidden_size": 0}, r"hidden_size must be a positive integer, got 0"),
+        ({"model_type": "mistral", "attention_bias": True}, r"attention_bias/mlp_bias are LlamaConfig fields; MistralForCausalLM has no biases"),
     ],
 )
 def test_invalid_config_fields(fields, message):
     base = dict(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
                 num_hidden_layers=1, num_attention_heads=4)
     with pytest.raises(ValueError, match=message):
-        ModelConfig.from_hf_dict({**base, **fields})
+        ModelConfig(**{**base, **fields})
+
+
+def test_lenient_where_transformers_is_lenient():
+    """Fields transformers fills in or ignores are handled the same way, not rejected."""
+    llama3 = ModelConfig.from_hf_dict(dict(
+        model_type="llama", max_position_embeddings=4096,
+        rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+    ))
+    assert llama3.rope_parameters.original_max_position_embeddings == 4096
+    assert ModelConfig.from_hf_dict(dict(model_type="llama", sliding_window=128)).sliding_window is None
+    both = ModelConfig.from_hf_dict(dict(
+        model_type="llama", rope_scaling={"rope_type": "linear", "factor": 2.0},
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+    ))
+    assert both.rope_parameters == RopeParameters(rope_type="linear", rope_theta=1000.0, factor=2.0)
+
+
+def test_tensor_stored_in_two_shards(model_copy):
+    tensors = load_file(str(model_copy / "model.safetensors"))
+    (model_copy / "model.safetensors").unlink()
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[:5]}, str(model_copy / "a.safetensors"))
+    save_file({n: tensors[n] for n in names[4:]}, str(model_copy / "b.safetensors"))
+    with pytest.raises(ValueError, match=rf"tensor '{names[4]}' is stored twice, in a.safetensors and b.safetensors"):
+        load_hf(model_copy)
 
 
 def test_legacy_rope_layout_is_understood():

@@ -39,6 +39,17 @@ def test_hf_dict_round_trip():
     assert "sliding_window" not in cfg.to_hf_dict()
 
 
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_omitted_fields_take_the_transformers_defaults(model_type):
+    """A config.json that leaves a field out means transformers' default for that model type."""
+    cfg = ModelConfig.from_hf_dict({"model_type": model_type})
+    hf = AutoConfig.for_model(model_type).to_dict()
+    for field, value in cfg.to_hf_dict().items():
+        if field not in ("architectures", "dtype", "rope_parameters"):
+            assert hf[field] == value, field
+    assert hf["rope_parameters"] == cfg.rope_parameters.to_dict()
+
+
 def test_hf_config_object_agrees(tmp_path):
     """transformers reads our config.json into the same architecture."""
     cfg = ModelConfig.from_file(CONFIGS / "mistral-7b.yaml")

@@ -14,8 +14,8 @@ TOLERANCE = 1e-4
 
 
 def test_positions_restart_at_each_segment():
-    segments = np.array([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 0], [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]])
-    expected = np.array([[0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 1], np.arange(11)])
+    segments = np.array([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 0], [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5], [0, 1, 1, 1, 0, 0, 2, 2, 1, 1, 1]])
+    expected = np.array([[0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 1], np.arange(11), [0, 0, 1, 2, 0, 1, 0, 1, 0, 1, 2]])
     np.testing.assert_array_equal(np.asarray(positions_from_segments(jnp.asarray(segments))), expected)
 
 
@@ -46,6 +46,16 @@ def test_packed_documents_equal_documents_alone(tiny_hf_dir, variant):
         np.testing.assert_allclose(packed[:, start : start + doc.shape[1]], alone_rho, atol=TOLERANCE, rtol=0)
         np.testing.assert_allclose(packed[:, start : start + doc.shape[1]], alone_hf, atol=TOLERANCE, rtol=0)
         start += doc.shape[1]
+
+
+def test_documents_are_runs_of_an_id_not_the_id_itself(tiny_hf_dir):
+    """A segment id that reappears later in the row (e.g. padding 0 at both ends) starts a new document."""
+    model = load_hf(tiny_hf_dir("llama-gqa"))
+    docs = [random_token_ids(320, 1, n, seed=40 + i) for i, n in enumerate((4, 5, 6))]
+    row = np.concatenate(docs, axis=1)
+    segments = np.array([[1] * 4 + [2] * 5 + [1] * 6])
+    packed = np.asarray(model(row, segment_ids=segments))
+    np.testing.assert_allclose(packed[:, 9:], np.asarray(model(docs[2])), atol=TOLERANCE, rtol=0)
 
 
 def test_explicit_positions_override_segment_positions(tiny_hf_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ def _params(model) -> dict:
     return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-@pytest.mark.parametrize("variant", ["llama-tied-embeddings", "llama-linear-rope-bias", "mistral-sliding-window"])
+@pytest.mark.parametrize("variant", ["llama-tied-embeddings", "llama-linear-rope-bias", "llama3-rope-scaling", "mistral-sliding-window"])
 def test_hf_export_loads_in_transformers_with_identical_logits(tiny_hf_dir, tmp_path, variant):
     source = tiny_hf_dir(variant)
     exported = save_hf(load_hf(source), tmp_path / "export", tokenizer_from=source)
@@ -59,6 +60,14 @@ def test_bf16_export_rounds_each_weight_once(tiny_hf_dir, tmp_path):
         np.testing.assert_array_equal(reloaded[path], value.astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
+def test_fp16_checkpoint_from_transformers_loads(tiny_hf_dir, tmp_path):
+    source = tiny_hf_dir("llama-gqa")
+    AutoModelForCausalLM.from_pretrained(str(source)).half().save_pretrained(str(tmp_path / "fp16"))
+    fp32 = _params(load_hf(source))
+    for path, value in _params(load_hf(tmp_path / "fp16")).items():
+        np.testing.assert_array_equal(value, fp32[path].astype(np.float16).astype(np.float32))
+
+
 def test_orbax_round_trip_is_exact_and_casts_on_request(tiny_hf_dir, tmp_path):
     model = load_hf(tiny_hf_dir("mistral-sliding-window"))
     saved = save_orbax(model, tmp_path / "rho")
@@ -84,6 +93,14 @@ def test_convert_cli_both_directions(tiny_hf_dir, tmp_path, capsys):
     np.testing.assert_array_equal(hf_reference_logits(tmp_path / "hf", ids), hf_reference_logits(source, ids))
 
 
+def test_convert_keeps_the_stored_dtype(tiny_hf_dir, tmp_path):
+    source = tiny_hf_dir("llama-gqa")
+    assert convert_main(["to-orbax", str(source), str(tmp_path / "rho"), "--param-dtype", "bfloat16"]) == 0
+    assert load_orbax(tmp_path / "rho").layers.mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+    assert convert_main(["to-hf", str(tmp_path / "rho"), str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_save_refuses_to_replace_an_unrelated_directory(tiny_hf_dir, tmp_path, capsys):
     model = load_hf(tiny_hf_dir("llama-gqa"))
     precious = tmp_path / "notes"
@@ -96,6 +113,17 @@ def test_save_refuses_to_replace_an_unrelated_directory(tiny_hf_dir, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no staging folder left behind
     assert convert_main(["to-hf", str(tiny_hf_dir("llama-gqa")), str(precious)]) == 2
     assert "not a rho_jax model directory" in capsys.readouterr().err
+
+
+def test_save_refuses_to_replace_a_model_it_did_not_write(tiny_hf_dir, tmp_path):
+    """An HF model directory (config.json and all) is not an earlier rho_jax export."""
+    downloaded = tmp_path / "downloaded"
+    shutil.copytree(tiny_hf_dir("llama-gqa"), downloaded)
+    (downloaded / "README.md").write_text("model card")
+    before = sorted(p.name for p in downloaded.iterdir())
+    with pytest.raises(FileExistsError, match="rho_jax did not write"):
+        save_hf(load_hf(downloaded), downloaded)
+    assert sorted(p.name for p in downloaded.iterdir()) == before
 
 
 def test_save_over_an_earlier_export_replaces_it(tiny_hf_dir, tmp_path):

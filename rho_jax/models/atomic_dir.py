@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+# Written into every directory rho_jax saves; only such a directory may be replaced by a later save.
+OUTPUT_MARKER = ".rho_jax_output"
 # Files that belong to the tokenizer (and generation defaults) and travel with model weights.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -22,18 +24,19 @@ TOKENIZER_FILES = (
 )
 
 
-def _staging_directory(destination: Path, marker: str) -> Path:
+def _staging_directory(destination: Path) -> Path:
     """A fresh staging folder beside `destination`, after checking that `destination` may be replaced.
 
-    `destination` may be missing, empty, or an earlier output of the same kind (it contains
-    `marker`); anything else is refused so a save never deletes unrelated files.
+    `destination` may be missing, empty, or an earlier rho_jax output (it holds `OUTPUT_MARKER`);
+    anything else -- a downloaded HF model, a folder of results -- is refused, so a save never
+    deletes files rho_jax did not write.
     """
     if destination.exists():
         if not destination.is_dir():
             raise FileExistsError(f"{destination} exists and is not a directory.")
-        if any(destination.iterdir()) and not (destination / marker).exists():
+        if any(destination.iterdir()) and not (destination / OUTPUT_MARKER).exists():
             raise FileExistsError(
-                f"{destination} is a non-empty directory without {marker}; refusing to replace it. "
+                f"{destination} is a non-empty directory that rho_jax did not write; refusing to replace it. "
                 "Choose a new or empty output directory."
             )
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -52,15 +55,16 @@ def _publish(staging: Path, destination: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(destination: str | Path, marker: str) -> Iterator[Path]:
+def atomic_directory(destination: str | Path) -> Iterator[Path]:
     """Yield a staging folder to fill; on success it becomes `destination`, on error it is deleted.
 
     An interrupted or failed write therefore never touches what was at `destination` before.
     """
     destination = Path(destination)
-    staging = _staging_directory(destination, marker)
+    staging = _staging_directory(destination)
     try:
         yield staging
+        (staging / OUTPUT_MARKER).write_text("written by rho_jax; a later rho_jax save may replace this directory\n")
         _publish(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,15 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
 }
+CONFIG_FILE = "config.json"
+# Defaults of HF `MistralConfig` that differ from `LlamaConfig` (whose defaults are ModelConfig's):
+# a Mistral config.json that omits a field means these values, as in transformers.
+_MISTRAL_DEFAULTS: dict[str, Any] = {
+    "intermediate_size": 14336,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 4096 * 32,
+    "sliding_window": 4096,
+}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _ROPE_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "default": (),
@@ -140,6 +149,10 @@ class ModelConfig:
             raise ValueError(f"attention_dropout must be 0.0 (not implemented), got {self.attention_dropout}.")
         if self.rms_norm_eps <= 0:
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}.")
+        if self.model_type != "llama" and (self.attention_bias or self.mlp_bias):
+            raise ValueError(
+                f"attention_bias/mlp_bias are LlamaConfig fields; {self.architecture} has no biases."
+            )
         if self.sliding_window is not None:
             if self.model_type != "mistral":
                 raise ValueError("sliding_window is a Mistral field; set model_type: mistral or sliding_window: null.")
@@ -176,13 +189,19 @@ class ModelConfig:
                 f"Unsupported architecture {wrong} for model_type {model_type!r}; "
                 f"rho_jax supports {supported_architectures_text()}."
             )
-        if hf.get("rope_parameters"):
-            rope = dict(hf["rope_parameters"])
-            rope.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
-        else:  # transformers 4 layout
-            rope = {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", 10000.0)}
+        # transformers gives a legacy `rope_scaling` precedence over `rope_parameters`.
+        rope = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+        theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+        rope.setdefault("rope_theta", theta)
         fields = {f.name for f in dataclasses.fields(cls)} - {"rope_parameters"}
         kwargs = {k: v for k, v in hf.items() if k in fields}
+        if model_type == "mistral":
+            kwargs = {**_MISTRAL_DEFAULTS, **kwargs}
+        else:
+            kwargs.pop("sliding_window", None)  # LlamaConfig has no sliding window; transformers ignores it
+        if rope.get("rope_type", rope.get("type")) == "llama3":
+            default_max = cls.max_position_embeddings
+            rope.setdefault("original_max_position_embeddings", kwargs.get("max_position_embeddings", default_max))
         return cls(**kwargs, rope_parameters=RopeParameters.from_dict(rope))
 
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
@@ -193,6 +212,8 @@ class ModelConfig:
             out["eos_token_id"] = list(self.eos_token_id)
         if self.model_type == "llama":
             del out["sliding_window"]
+        else:  # MistralConfig has no bias fields
+            del out["attention_bias"], out["mlp_bias"]
         out["architectures"] = [self.architecture]
         out["dtype"] = dtype
         return out

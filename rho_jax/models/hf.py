@@ -24,12 +24,11 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from rho_jax.models.atomic_dir import atomic_directory, copy_tokenizer_files
-from rho_jax.models.config import ModelConfig
-from rho_jax.models.llama import Llama, ModelOptions
+from rho_jax.models.config import CONFIG_FILE, ModelConfig
+from rho_jax.models.llama import Llama, ModelOptions, resolve_options
 from rho_jax.models.params import ParamPath, model_from_arrays
 from rho_jax.models.safetensors_io import INDEX_FILE, SINGLE_FILE, SafetensorsCheckpoint
 
-CONFIG_FILE = "config.json"
 # Tensors some HF checkpoints carry that hold no learned parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
@@ -112,19 +111,20 @@ def _set_layer(stacked: jax.Array, layer: jax.Array, index: int) -> jax.Array:
 
 def load_hf(
     path: str | Path,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
+    dtype: Any = None,
+    param_dtype: Any = None,
     options: ModelOptions | None = None,
 ) -> Llama:
     """Load a local HF Llama/Mistral directory (config.json + safetensors) into a `Llama`.
 
-    `dtype`/`param_dtype` set the compute and storage dtypes (or pass full `options`). Parameters
+    `dtype`/`param_dtype` set the compute and storage dtypes (default float32), overriding those
+    of `options` (default `ModelOptions()`). Parameters
     are read and converted one at a time: host memory peaks at one stacked parameter (plus one
     per-layer tensor) beyond the model itself, never two copies of the model.
     """
     path = Path(path)
     cfg = read_hf_config(path)
-    opts = options or ModelOptions(dtype=dtype, param_dtype=param_dtype)
+    opts = resolve_options(options, dtype, param_dtype)
     checkpoint = SafetensorsCheckpoint(path)
     mappings = {m.path: m for m in tensor_mappings(cfg)}
     expected_names = {name for m in mappings.values() for name in _hf_names(m, cfg)}
@@ -212,7 +212,7 @@ def save_hf(
     np_dtype = np.dtype(jnp.dtype(dtype if dtype is not None else model.options.param_dtype))
     plan = plan_shards(model, np_dtype, max_shard_bytes)
     n_shards = max(plan.values()) + 1
-    with atomic_directory(path, CONFIG_FILE) as staging:
+    with atomic_directory(path) as staging:
         shard: dict[str, np.ndarray] = {}
         total_bytes = 0
 

@@ -5,7 +5,7 @@ created under `nnx.vmap`), so checkpoints do not depend on how the forward pass 
 `ModelOptions.scan_layers` runs them with `jax.lax.scan`, otherwise with an unrolled Python loop.
 
 Every parameter carries logical axis names in its `out_sharding` metadata (`vocab`, `embed`,
-`heads`, `kv_heads`, `head_dim`, `mlp`, `norm`, `layers`); `rho_jax.sharding` maps them to mesh axes.
+`heads`, `kv_heads`, `head_dim`, `mlp`, `norm`, `layers`); a rules table maps them to mesh axes.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class ModelOptions:
     param_dtype: storage dtype of parameters (float32 master weights by default).
     scan_layers: iterate layers with `jax.lax.scan` (fast compile) instead of an unrolled loop.
     remat: a name from `REMAT_POLICIES` applied to each decoder layer.
-    attention: `jax.nn.dot_product_attention` implementation; "auto" lets JAX pick (fused cuDNN
-      kernel where supported, XLA otherwise).
+    attention: `jax.nn.dot_product_attention` implementation: "xla", "cudnn" (fused kernel, NVIDIA
+      GPUs, bf16/fp16), or "auto" to let JAX choose (jax 0.10 always chooses XLA).
     """
 
     dtype: Any = jnp.float32
@@ -59,7 +59,7 @@ class ModelOptions:
 
 
 def _axes(names: tuple[str, ...]) -> dict[str, Any]:
-    """Variable metadata recording logical axis names; placement is decided later by `rho_jax.sharding`."""
+    """Variable metadata recording logical axis names; placement is decided later from a rules table."""
     return {"out_sharding": names, "eager_sharding": False}
 
 
@@ -90,6 +90,12 @@ def _projection(
         bias_metadata=_axes(kernel_axes[n_in:]),
         rngs=rngs,
     )
+
+
+def resolve_options(options: ModelOptions | None, dtype: Any = None, param_dtype: Any = None) -> ModelOptions:
+    """`options` (default `ModelOptions()`) with `dtype` / `param_dtype` replaced where given."""
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+    return dataclasses.replace(options or ModelOptions(), **overrides)
 
 
 class RMSNorm(nnx.Module):
@@ -153,19 +159,30 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _document_starts(segment_ids: jax.Array) -> jax.Array:
+    """True where a new document begins: the first token of a row and every change of segment id."""
+    first = jnp.ones_like(segment_ids[:, :1], bool)
+    return jnp.concatenate([first, segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
+def document_index(segment_ids: jax.Array) -> jax.Array:
+    """Running count of documents along each row; a document is a maximal run of one segment id.
+
+    `[1,1,2,2,1,1]` -> `[0,0,1,1,2,2]`: a repeated id that is not contiguous is a new document.
+    """
+    return jnp.cumsum(_document_starts(segment_ids), axis=1) - 1
+
+
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
-    """Position of each token within its document: 0 at every change of segment id along a row."""
+    """Position of each token within its document (0 at each document start)."""
     seq = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
-    starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
-    )
-    start_index = jax.lax.cummax(jnp.where(starts, seq, 0), axis=1)
+    start_index = jax.lax.cummax(jnp.where(_document_starts(segment_ids), seq, 0), axis=1)
     return seq - start_index
 
 
 def attention_mask(seq_len: int, segment_ids: jax.Array | None, sliding_window: int | None) -> jax.Array:
-    """Boolean mask `[batch|1, 1, seq, seq]`: key j is visible to query i iff j <= i, both tokens
-    have the same segment id, and (with a sliding window w) i - j < w."""
+    """Boolean mask `[batch|1, 1, seq, seq]`: key j is visible to query i iff j <= i, both lie in
+    the same document (`document_index`), and (with a sliding window w) i - j < w."""
     i = jnp.arange(seq_len)[:, None]
     j = jnp.arange(seq_len)[None, :]
     visible = j <= i
@@ -173,14 +190,16 @@ def attention_mask(seq_len: int, segment_ids: jax.Array | None, sliding_window: 
         visible &= i - j < sliding_window
     visible = visible[None, None]
     if segment_ids is not None:
-        visible = visible & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+        docs = document_index(segment_ids)
+        visible = visible & (docs[:, None, :, None] == docs[:, None, None, :])
     return visible
 
 
 class Llama(nnx.Module):
     """Decoder-only LM. `model(input_ids, segment_ids=None, positions=None)` -> float32 logits `[B, T, V]`.
 
-    segment_ids `[B, T]`: packed documents; tokens attend only within their own segment.
+    segment_ids `[B, T]`: packed documents; each maximal run of one id is a document, and tokens
+      attend only within their own document (padding may use its own id, e.g. 0).
     positions `[B, T]`: rotary positions; by default 0..T-1, or restarting at each new segment.
     """
 

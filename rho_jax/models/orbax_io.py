@@ -4,7 +4,7 @@ Layout of a model directory:
     config.json   the HF-style `ModelConfig` fields, plus `"rho_jax_format": 1`
     params/       orbax `StandardCheckpointer` tree `{param_path: array}` (layers stacked on axis 0)
     tokenizer.*   copied from the source model, if any
-Restoring casts to the requested `param_dtype` and can place arrays with any sharding.
+Restoring keeps the stored parameter dtype unless another `param_dtype` is requested.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from rho_jax.models.atomic_dir import atomic_directory, copy_tokenizer_files
-from rho_jax.models.config import ModelConfig
-from rho_jax.models.llama import Llama, ModelOptions
+from rho_jax.models.config import CONFIG_FILE, ModelConfig
+from rho_jax.models.llama import Llama, ModelOptions, resolve_options
 from rho_jax.models.params import abstract_model
 
-CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 FORMAT_VERSION = 1
 
@@ -31,7 +30,7 @@ FORMAT_VERSION = 1
 def save_orbax(model: Llama, path: str | Path, tokenizer_from: str | Path | None = None) -> Path:
     """Save `model` as a rho_jax model directory (written in a staging folder, published when complete)."""
     path = Path(path)
-    with atomic_directory(path, CONFIG_FILE) as staging:
+    with atomic_directory(path) as staging:
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging.absolute() / PARAMS_DIR, params)
@@ -52,11 +51,14 @@ def is_orbax_model_dir(path: str | Path) -> bool:
 
 def load_orbax(
     path: str | Path,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
+    dtype: Any = None,
+    param_dtype: Any = None,
     options: ModelOptions | None = None,
 ) -> Llama:
-    """Load a model directory written by `save_orbax` (arguments as in `load_hf`)."""
+    """Load a model directory written by `save_orbax` (arguments as in `load_hf`).
+
+    Parameters keep the dtype they were saved in unless `param_dtype` (or `options`) says otherwise.
+    """
     path = Path(path)
     if not is_orbax_model_dir(path):
         raise FileNotFoundError(
@@ -66,8 +68,11 @@ def load_orbax(
     version = config.pop("rho_jax_format", None)
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: rho_jax_format {version!r} is not supported (expected {FORMAT_VERSION}).")
+    stored_dtype = config.pop("dtype", "float32")
     cfg = ModelConfig.from_hf_dict(config)
-    opts = options or ModelOptions(dtype=dtype, param_dtype=param_dtype)
+    if param_dtype is None and options is None:
+        param_dtype = stored_dtype
+    opts = resolve_options(options, dtype, param_dtype)
     graphdef, abstract = abstract_model(cfg, opts)
     abstract_state = nnx.from_flat_state(abstract)
     target = jax.tree.map(

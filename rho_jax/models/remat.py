@@ -24,8 +24,6 @@ def remat_layer(layer_fn: Callable, policy_name: str, *, prevent_cse: bool) -> C
     `prevent_cse` should be False inside `lax.scan` (scan already prevents the CSE that would undo
     remat) and True in an unrolled loop.
     """
-    if policy_name not in REMAT_POLICIES:
-        raise ValueError(f"Unknown remat policy {policy_name!r}; choose one of {sorted(REMAT_POLICIES)}.")
     if policy_name == "none":
         return layer_fn
     return jax.checkpoint(layer_fn, policy=REMAT_POLICIES[policy_name], prevent_cse=prevent_cse)

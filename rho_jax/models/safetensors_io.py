@@ -65,6 +65,8 @@ class SafetensorsCheckpoint:
         if index.exists():
             weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
             files = sorted(set(weight_map.values()))
+        elif (directory / SINGLE_FILE).exists():
+            files = [SINGLE_FILE]
         else:
             files = sorted(p.name for p in directory.glob("*.safetensors"))
         if not files:
@@ -87,6 +89,11 @@ class SafetensorsCheckpoint:
             shard = _SafetensorsFile(path)
             self._files[name] = shard
             for tensor_name in shard.entries:
+                if tensor_name in self._owner:
+                    raise ValueError(
+                        f"{directory}: tensor {tensor_name!r} is stored twice, in "
+                        f"{self._owner[tensor_name].path.name} and {name}."
+                    )
                 self._owner[tensor_name] = shard
 
     def names(self) -> set[str]:
