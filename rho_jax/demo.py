@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
-from rho_jax.parity import TINY_VARIANTS, build_tiny_hf_model, hf_reference_logits, random_token_ids
-
-TOLERANCE = 1e-4
+from rho_jax.parity import (
+    PARITY_TOLERANCE,
+    TINY_VARIANTS,
+    build_tiny_hf_model,
+    hf_reference_logits,
+    random_token_ids,
+)
 
 
 def run(out_dir: Path, batch: int = 2, seq_len: int = 32) -> list[tuple[str, float, float, float]]:
@@ -60,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant, parity, export, orbax in rows:
             print(f"{variant:<24} {parity:>14.2e} {export:>11.2e} {orbax:>11.2e}")
         worst = max(max(r[1:]) for r in rows)
-        ok = worst <= TOLERANCE
-        print(f"\n{'PASS' if ok else 'FAIL'}: worst difference {worst:.2e} (tolerance {TOLERANCE:.0e}).")
+        ok = worst <= PARITY_TOLERANCE
+        print(f"\n{'PASS' if ok else 'FAIL'}: worst difference {worst:.2e} (tolerance {PARITY_TOLERANCE:.0e}).")
         if args.out:
             print(f"Models kept in {args.out} (hf/, hf_export/, rho_jax/ per variant).")
     return 0 if ok else 1

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+# Max abs logit difference allowed between rho_jax and transformers in fp32.
+PARITY_TOLERANCE = 1e-4
+
 _BASE: dict[str, Any] = dict(
     vocab_size=320,
     hidden_size=64,

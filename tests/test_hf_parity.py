@@ -12,9 +12,8 @@ import pytest
 from flax import nnx
 
 from rho_jax.models import ModelOptions, load_hf
-from rho_jax.parity import TINY_VARIANTS, hf_reference_logits, random_token_ids
+from rho_jax.parity import PARITY_TOLERANCE, TINY_VARIANTS, hf_reference_logits, random_token_ids
 
-TOLERANCE = 1e-4
 
 
 @pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
@@ -24,7 +23,7 @@ def test_logits_match_transformers(tiny_hf_dir, variant):
     ids = random_token_ids(model.config.vocab_size, batch=2, seq_len=40, seed=1)
     reference = hf_reference_logits(hf_dir, ids)
     assert np.abs(reference).max() > 1.0  # logits are O(1): the tolerance is meaningful
-    np.testing.assert_allclose(np.asarray(model(ids)), reference, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.asarray(model(ids)), reference, atol=PARITY_TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +45,7 @@ def test_parity_check_detects_a_wrong_detail(tiny_hf_dir, tmp_path, variant, edi
     (wrong_dir / "config.json").write_text(json.dumps(config))
     ids = random_token_ids(320, batch=2, seq_len=40, seed=1)
     error = np.abs(np.asarray(load_hf(wrong_dir)(ids)) - hf_reference_logits(hf_dir, ids)).max()
-    assert error > 100 * TOLERANCE
+    assert error > 100 * PARITY_TOLERANCE
 
 
 def test_bf16_compute_keeps_fp32_params_and_logits(tiny_hf_dir):

@@ -8,9 +8,8 @@ import pytest
 
 from rho_jax.models import load_hf
 from rho_jax.models.llama import attention_mask, positions_from_segments
-from rho_jax.parity import hf_reference_logits, random_token_ids
+from rho_jax.parity import PARITY_TOLERANCE, hf_reference_logits, random_token_ids
 
-TOLERANCE = 1e-4
 
 
 def test_positions_restart_at_each_segment():
@@ -43,8 +42,8 @@ def test_packed_documents_equal_documents_alone(tiny_hf_dir, variant):
     for doc in docs:
         alone_rho = np.asarray(model(doc))
         alone_hf = hf_reference_logits(hf_dir, doc)  # independent reference for the same document
-        np.testing.assert_allclose(packed[:, start : start + doc.shape[1]], alone_rho, atol=TOLERANCE, rtol=0)
-        np.testing.assert_allclose(packed[:, start : start + doc.shape[1]], alone_hf, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(packed[:, start : start + doc.shape[1]], alone_rho, atol=PARITY_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(packed[:, start : start + doc.shape[1]], alone_hf, atol=PARITY_TOLERANCE, rtol=0)
         start += doc.shape[1]
 
 
@@ -55,7 +54,7 @@ def test_documents_are_runs_of_an_id_not_the_id_itself(tiny_hf_dir):
     row = np.concatenate(docs, axis=1)
     segments = np.array([[1] * 4 + [2] * 5 + [1] * 6])
     packed = np.asarray(model(row, segment_ids=segments))
-    np.testing.assert_allclose(packed[:, 9:], np.asarray(model(docs[2])), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(packed[:, 9:], np.asarray(model(docs[2])), atol=PARITY_TOLERANCE, rtol=0)
 
 
 def test_explicit_positions_override_segment_positions(tiny_hf_dir):
