@@ -68,6 +68,8 @@ class TrainState:
 def check_reference(model: Llama, reference: Llama | None, cfg: SLMConfig) -> None:
     """Refuse combinations that cannot be SLM: no reference with ratio < 1, mismatched vocabularies."""
     if reference is None:
+        if cfg.score != "excess":
+            raise ValueError(f"score function {cfg.score!r} is computed from a reference model; none was given.")
         if cfg.ratio != 1.0:
             raise ValueError(
                 f"slm.ratio={cfg.ratio} with score {cfg.score!r} needs a reference model; "
@@ -170,7 +172,7 @@ def build_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         new_state = TrainState(step=state.step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state)
         metrics = slm.finalize_metrics(sums)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
 
