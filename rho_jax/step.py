@@ -192,10 +192,13 @@ def state_shardings(params: nnx.State, optimizer: optax.GradientTransformation, 
 
 
 def init_train_state(model: Llama, optimizer: optax.GradientTransformation, mesh: Mesh) -> tuple[TrainState, TrainState]:
-    """(state placed on `mesh`, its shardings) for `model`'s parameters."""
+    """(state placed on `mesh`, its shardings) for a copy of `model`'s parameters.
+
+    The copy matters: the train step donates its state, which must never free `model`'s arrays.
+    """
     params = nnx.state(model, nnx.Param)
     shardings = state_shardings(params, optimizer, mesh)
-    params = jax.device_put(params, shardings.params)
+    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(params)
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
     return TrainState(step=step, params=params, opt_state=opt_state), shardings
