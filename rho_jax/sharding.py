@@ -14,8 +14,8 @@ import math
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -68,8 +68,19 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     """
     devices = list(devices) if devices is not None else jax.devices()
     shape = config.shape(len(devices))
-    device_grid = np.asarray(devices).reshape(shape)
+    device_grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def constrain_batch_axis(x: jax.Array, axis: int = 0) -> jax.Array:
+    """Pin axis `axis` of an activation to (`data`, `fsdp`) when tracing under a rho_jax mesh
+    (`jax.set_mesh`); a no-op otherwise. Keeps XLA from replicating the batch across fsdp devices."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = BATCH_AXES
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -77,6 +88,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
 
     A mesh axis is used at most once per array, and only where it divides the dimension.
     """
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match an array of rank {len(shape)}.")
     used: set[str] = set()
     spec = []
     for name, size in zip(logical_axes, shape):

@@ -26,10 +26,19 @@ RATIO_DENOMINATOR_LIMIT = 10_000
 
 
 def validate_ratio(ratio: float) -> Fraction:
-    """`ratio` as an exact fraction (nearest with denominator <= 10,000, so 0.7 means 7/10)."""
+    """`ratio` as an exact fraction p/q with q <= 10,000 (0.7 means 7/10, 1/3 means 1/3).
+
+    A ratio that no such fraction represents (e.g. 1e-5 or 0.99995) is refused rather than rounded.
+    """
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}.")
-    return Fraction(ratio).limit_denominator(RATIO_DENOMINATOR_LIMIT)
+    fraction = Fraction(ratio).limit_denominator(RATIO_DENOMINATOR_LIMIT)
+    if fraction == 0 or float(fraction) != ratio:
+        raise ValueError(
+            f"ratio {ratio!r} is not a fraction with denominator <= {RATIO_DENOMINATOR_LIMIT} "
+            "(use e.g. 0.6, 0.65, 0.0001 or 1/3)."
+        )
+    return fraction
 
 
 def validate_score_function(kind: str) -> str:
@@ -132,7 +141,10 @@ def select_tokens(scores: jax.Array, valid: jax.Array, ratio: float) -> jax.Arra
     selection). Exactly k positions are kept; among equal scores the lower flat index wins; invalid
     positions are never kept. Uses `jax.lax.top_k` with the static bound ceil(ratio * size).
     """
-    flat_scores = jnp.where(valid, scores, -jnp.inf).reshape(-1)
+    # Valid positions rank above every invalid one, even with a -inf or NaN score.
+    lowest = jnp.finfo(jnp.float32).min
+    finite = jnp.nan_to_num(scores.astype(jnp.float32), nan=lowest, posinf=jnp.finfo(jnp.float32).max, neginf=lowest)
+    flat_scores = jnp.where(valid, finite, -jnp.inf).reshape(-1)
     flat_valid = valid.reshape(-1)
     size = flat_scores.shape[0]
     k_max = min(size, math.ceil(validate_ratio(ratio) * size))
@@ -173,15 +185,17 @@ def loss_sums(
     sel = selected.astype(jnp.float32)
     val = valid.astype(jnp.float32)
     stop = jax.lax.stop_gradient
+    # where(), not multiplication: a NaN/inf loss at an excluded position must not leak into sums.
+    masked = lambda mask: jnp.sum(jnp.where(mask, loss, 0.0))
     sums = {
-        "selected_loss_sum": jnp.sum(sel * loss),
-        "valid_loss_sum": stop(jnp.sum(val * loss)),
-        "unselected_loss_sum": stop(jnp.sum((val - sel) * loss)),
+        "selected_loss_sum": masked(selected),
+        "valid_loss_sum": stop(masked(valid)),
+        "unselected_loss_sum": stop(masked(valid & ~selected)),
         "num_selected": jnp.sum(sel),
         "num_valid": jnp.sum(val),
     }
     if ref_loss is not None:
-        sums["ref_loss_sum"] = stop(jnp.sum(val * ref_loss))
+        sums["ref_loss_sum"] = stop(jnp.sum(jnp.where(valid, ref_loss, 0.0)))
     return sums
 
 

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from rho_jax import slm
 from rho_jax.models import Llama
-from rho_jax.sharding import batch_sharding, param_shardings, replicated
+from rho_jax.sharding import batch_sharding, constrain_batch_axis, param_shardings, replicated
 
 SELECTION_SCOPES = ("global", "microbatch", "sequence")
 
@@ -65,16 +65,23 @@ class TrainState:
     opt_state: Any
 
 
+def _check_reference_present(has_reference: bool, cfg: SLMConfig) -> None:
+    if has_reference:
+        return
+    if cfg.score != "excess":
+        raise ValueError(f"score function {cfg.score!r} is computed from a reference model; none was given.")
+    if cfg.ratio != 1.0:
+        raise ValueError(
+            f"slm.ratio={cfg.ratio} with score {cfg.score!r} needs a reference model; "
+            "without one only ratio 1.0 (plain CLM) is possible."
+        )
+
+
 def check_reference(model: Llama, reference: Llama | None, cfg: SLMConfig) -> None:
-    """Refuse combinations that cannot be SLM: no reference with ratio < 1, mismatched vocabularies."""
+    """Refuse combinations that cannot be SLM: no reference with ratio < 1 or a reference-based
+    score, mismatched vocabularies (the reference must share the tokenizer)."""
+    _check_reference_present(reference is not None, cfg)
     if reference is None:
-        if cfg.score != "excess":
-            raise ValueError(f"score function {cfg.score!r} is computed from a reference model; none was given.")
-        if cfg.ratio != 1.0:
-            raise ValueError(
-                f"slm.ratio={cfg.ratio} with score {cfg.score!r} needs a reference model; "
-                "without one only ratio 1.0 (plain CLM) is possible."
-            )
         return
     if reference.config.vocab_size != model.config.vocab_size:
         raise ValueError(
@@ -90,12 +97,24 @@ def _token_losses(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, chunk:
 
 
 def _split_micro(batch: dict, steps: int) -> dict:
+    """`[B, ...]` -> `[steps, B // steps, ...]` with micro-batch i = rows i, i + steps, i + 2*steps...
+
+    Strided, so every micro-batch spans all batch shards (each device keeps B / steps / n_shards
+    rows per micro-batch instead of some devices holding whole micro-batches).
+    """
+
     def split(x: jax.Array) -> jax.Array:
         if x.shape[0] % steps:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by accumulation_steps={steps}.")
-        return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
+        micro = x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1)
+        return constrain_batch_axis(micro, axis=1)
 
     return {k: split(v) for k, v in batch.items()}
+
+
+def _merge_micro(x: jax.Array) -> jax.Array:
+    """Inverse of `_split_micro`: back to the global batch's row order."""
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
 def build_train_step(
@@ -110,6 +129,7 @@ def build_train_step(
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
     has_reference = ref_graphdef is not None
+    _check_reference_present(has_reference, cfg)
     needs_entropy = cfg.score in ("reference_entropy", "intersection")
     needs_model_loss = cfg.score == "excess"
     # Global selection across micro-batches must see every micro-batch's scores before any gradient.
@@ -117,7 +137,7 @@ def build_train_step(
 
     def select(loss, ref_loss, ref_entropy, valid):
         """Selection mask over all positions given (global), or row by row (sequence scope)."""
-        if not has_reference:
+        if not has_reference or cfg.ratio == 1.0:  # every valid token is kept: no sort needed
             return valid
 
         def pick(l, r, e, v):
@@ -145,7 +165,10 @@ def build_train_step(
             ref_loss, ref_entropy = jax.lax.map(lambda m: reference(ref_params, m), micro)
         if preselect:
             scored = jax.lax.map(lambda m: model_loss(params, m), micro) if needs_model_loss else None
-            selected = select(scored, ref_loss, ref_entropy, micro["valid"])
+            # Select in the global batch's row order, so ties break exactly as without accumulation.
+            in_order = lambda x: None if x is None else _merge_micro(x)
+            selected = select(in_order(scored), in_order(ref_loss), in_order(ref_entropy), in_order(micro["valid"]))
+            selected = _split_micro({"selected": selected}, accumulation_steps)["selected"]
 
         def micro_step(carry, xs):
             mb, mb_ref_loss, mb_ref_entropy, mb_selected = xs
@@ -162,9 +185,10 @@ def build_train_step(
             (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        valid_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.float32)
-        sums_shape = jax.eval_shape(slm.loss_sums, valid_shape, valid_shape, valid_shape,
-                                    valid_shape if has_reference else None)
+        loss_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.float32)
+        mask_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.bool_)
+        sums_shape = jax.eval_shape(slm.loss_sums, loss_shape, mask_shape, mask_shape,
+                                    loss_shape if has_reference else None)
         init = jax.tree.map(jnp.zeros_like, (params, sums_shape))
         (grads, sums), _ = jax.lax.scan(micro_step, init, (micro, ref_loss, ref_entropy, selected))
         # d/dθ [sum(selected * L) / K] with K the number of selected tokens in the global batch.
@@ -216,8 +240,13 @@ def jit_train_step(
 ) -> Callable:
     """`step` jitted with explicit shardings (batch over data+fsdp) and the train state donated."""
     batch = {k: batch_sharding(mesh) for k in batch_keys}
+
+    def step_on_mesh(state, batch, ref_params):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # lets the model pin activations' batch axis to (data, fsdp)
+            return step(state, batch, ref_params)
+
     return jax.jit(
-        step,
+        step_on_mesh,
         in_shardings=(shardings, batch, ref_shardings),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,

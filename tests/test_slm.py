@@ -193,3 +193,26 @@ def test_unknown_score_function_and_missing_reference():
         slm.token_scores("perplexity", jnp.zeros(3))
     with pytest.raises(ValueError, match=r"'reference_entropy' needs ref_entropy"):
         slm.token_scores("reference_entropy", loss=jnp.zeros(3), ref_loss=jnp.zeros(3))
+
+
+@pytest.mark.parametrize("ratio", [1e-5, 0.99995, 0.123456])
+def test_ratio_that_no_small_fraction_represents_is_rejected(ratio):
+    with pytest.raises(ValueError, match="is not a fraction with denominator <= 10000"):
+        slm.validate_ratio(ratio)
+
+
+def test_valid_positions_with_infinite_or_nan_scores_still_beat_invalid_ones():
+    scores = jnp.asarray([[1.0, -jnp.inf, jnp.nan, 0.5, 2.0]])
+    valid = jnp.asarray([[False, True, True, True, False]])
+    selected = np.asarray(slm.select_tokens(scores, valid, 1.0))
+    np.testing.assert_array_equal(selected, [[False, True, True, True, False]])
+
+
+def test_bad_loss_at_excluded_positions_does_not_poison_the_metrics():
+    loss = jnp.asarray([[1.0, jnp.nan, 3.0, jnp.inf]])
+    valid = jnp.asarray([[True, False, True, False]])
+    selected = jnp.asarray([[True, False, False, False]])
+    value, metrics = slm.slm_loss(loss, selected, valid, ref_loss=loss)
+    assert float(value) == 1.0
+    assert float(metrics["loss_unselected"]) == 3.0 and float(metrics["loss_all"]) == 2.0
+    assert float(metrics["ref_loss"]) == 2.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +139,7 @@ def test_narrower_scopes_select_per_part(scope):
     batch = make_batch(seed=3)
     history, _ = run_steps((1, 2, 1), SLMConfig(ratio=0.3, scope=scope, ce_chunk_size=8), batch, steps=1, accumulation=2)
     valid = batch["valid"]
-    parts = valid.reshape(2, -1) if scope == "microbatch" else valid
+    parts = [valid[0::2], valid[1::2]] if scope == "microbatch" else valid  # micro-batch i = rows i, i+2, ...
     assert history[0]["num_selected"] == sum(math.ceil(0.3 * int(p.sum())) for p in parts)
 
 
@@ -153,6 +154,23 @@ def test_training_reduces_the_slm_loss():
     history, _ = run_steps((2, 2, 2), SLMConfig(ratio=0.6, ce_chunk_size=8), make_batch(seed=5), steps=12)
     assert history[-1]["loss_selected"] < history[0]["loss_selected"] - 0.3
     assert history[-1]["loss_all"] < history[0]["loss_all"]
+
+
+def test_activations_are_split_over_the_batch_shards():
+    """On 8-way fsdp with 16 rows, each device runs 2 rows through the MLP (not all 16)."""
+    model, reference = Llama(MODEL, rngs=nnx.Rngs(0)), Llama(REFERENCE, rngs=nnx.Rngs(1))
+    mesh = mesh_of((1, 8, 1))
+    optimizer = make_optimizer(OPTIMIZER, nnx.state(model, nnx.Param))
+    state, shardings = init_train_state(model, optimizer, mesh)
+    ref_params, ref_shardings = place_reference(reference, mesh)
+    batch = make_batch(rows=16)
+    for accumulation, rows_per_device in ((1, "2"), (2, "1")):
+        step = build_train_step(nnx.graphdef(model), nnx.graphdef(reference), SLMConfig(ce_chunk_size=8),
+                                optimizer, learning_rate_schedule(OPTIMIZER), accumulation)
+        hlo = jit_train_step(step, shardings, ref_shardings, mesh, tuple(batch)).lower(
+            state, batch, ref_params).compile().as_text()
+        mlp_rows = set(re.findall(r"f32\[(\d+),24,48\]", hlo))
+        assert rows_per_device in mlp_rows and "16" not in mlp_rows and "8" not in mlp_rows, mlp_rows
 
 
 def test_invalid_combinations_fail_clearly():
@@ -171,5 +189,8 @@ def test_invalid_combinations_fail_clearly():
         SLMConfig(scope="document")
     with pytest.raises(ValueError, match="Unknown score function 'loss'"):
         SLMConfig(score="loss")
+    with pytest.raises(ValueError, match="slm.ratio=0.5 .* needs a reference model"):
+        build_train_step(nnx.graphdef(model), None, SLMConfig(ratio=0.5), make_optimizer(OPTIMIZER, {}),
+                         learning_rate_schedule(OPTIMIZER))
     with pytest.raises(ValueError, match="mesh .* uses 6 devices, but 8 are available"):
         make_mesh(MeshConfig(2, 3, 1))

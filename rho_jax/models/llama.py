@@ -20,6 +20,7 @@ from flax import nnx
 from rho_jax.models.config import ModelConfig
 from rho_jax.models.remat import REMAT_POLICIES, remat_layer
 from rho_jax.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+from rho_jax.sharding import constrain_batch_axis
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
@@ -243,12 +244,12 @@ class Llama(nnx.Module):
                 positions = positions_from_segments(segment_ids)
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg.rope_parameters, cfg.head_dim))
         mask = attention_mask(seq_len, segment_ids, cfg.sliding_window)
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(opts.dtype)
+        x = constrain_batch_axis(jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(opts.dtype))
 
         graphdef, stacked = nnx.split(self.layers)
 
         def run_layer(h: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
-            return nnx.merge(graphdef, layer_state)(h, mask, cos, sin), None
+            return constrain_batch_axis(nnx.merge(graphdef, layer_state)(h, mask, cos, sin)), None
 
         run_layer = remat_layer(run_layer, opts.remat, prevent_cse=not opts.scan_layers)
         if opts.scan_layers:
