@@ -132,8 +132,9 @@ def build_train_step(
     _check_reference_present(has_reference, cfg)
     needs_entropy = cfg.score in ("reference_entropy", "intersection")
     needs_model_loss = cfg.score == "excess"
-    # Global selection across micro-batches must see every micro-batch's scores before any gradient.
-    preselect = has_reference and cfg.scope == "global" and accumulation_steps > 1
+    # Global selection across micro-batches must see every micro-batch's scores before any gradient
+    # (not needed at ratio 1.0, where every valid token is kept).
+    preselect = has_reference and cfg.ratio != 1.0 and cfg.scope == "global" and accumulation_steps > 1
 
     def select(loss, ref_loss, ref_entropy, valid):
         """Selection mask over all positions given (global), or row by row (sequence scope)."""
