@@ -14,12 +14,13 @@ SCHEDULES = ("cosine", "linear", "constant")
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """learning_rate is the peak, reached after `warmup_steps` of linear warmup from 0; then
-    `cosine`/`linear` decay to `min_lr_ratio * learning_rate` at `total_steps`, or `constant`."""
+    `cosine`/`linear` decay to `min_lr_ratio * learning_rate` at `total_steps`, or `constant`.
+    In a training run `total_steps` is left unset and follows the run length (`TrainConfig`)."""
 
     learning_rate: float = 8e-5
     schedule: str = "cosine"
     warmup_steps: int = 0
-    total_steps: int = 1000
+    total_steps: int | None = None
     min_lr_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -33,7 +34,9 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.learning_rate <= 0:
             raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}.")
-        if not 0 <= self.warmup_steps <= self.total_steps:
+        if self.total_steps is not None and self.total_steps <= 0:
+            raise ValueError(f"optimizer.total_steps must be a positive integer, got {self.total_steps}.")
+        if self.warmup_steps < 0 or (self.total_steps is not None and self.warmup_steps > self.total_steps):
             raise ValueError(
                 f"optimizer.warmup_steps ({self.warmup_steps}) must be in [0, total_steps={self.total_steps}]."
             )
@@ -44,6 +47,8 @@ class OptimizerConfig:
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    if cfg.total_steps is None:
+        raise ValueError("optimizer.total_steps must be set to build the learning-rate schedule.")
     peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
     decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
     if cfg.schedule == "cosine":

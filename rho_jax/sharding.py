@@ -42,13 +42,16 @@ class MeshConfig:
     fsdp: int = -1
     tensor: int = 1
 
-    def shape(self, num_devices: int) -> tuple[int, int, int]:
+    def __post_init__(self) -> None:
         sizes = [self.data, self.fsdp, self.tensor]
         for name, size in zip(MESH_AXES, sizes):
             if size == 0 or size < -1:
                 raise ValueError(f"mesh.{name} must be a positive integer or -1, got {size}.")
         if sizes.count(-1) > 1:
             raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+
+    def shape(self, num_devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if num_devices % known:

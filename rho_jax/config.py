@@ -1,0 +1,266 @@
+"""The run configuration: one YAML file (plus `key.sub=value` overrides) describes a whole run.
+
+Sections (each a frozen dataclass, checked strictly by `rho_jax.config_schema.build`):
+    output_dir   where checkpoints, metrics, the resolved config and the tokenizer go
+    model        the trained model: from scratch (a model config file), a local HF directory, or a
+                 rho_jax checkpoint (a training run directory, one of its checkpoints, or a model
+                 directory from `python -m rho_jax.convert to-orbax`)
+    reference    the frozen reference model (hf or checkpoint), or null for plain CLM
+    slm          ratio, score function, selection scope (default: paper settings with a
+                 reference, ratio 1.0 = CLM without)
+    data         tokenizer, sources with mixture weights, sequence length (`rho_jax.data`)
+    optimizer    AdamW + schedule (`rho_jax.optimizer`); its length comes from `train`
+    mesh         data / fsdp / tensor axis sizes
+    train        global batch (sequences or tokens), run length (tokens or steps), accumulation, seed
+    checkpoint   save interval in tokens, retention, async saving
+    logging      log-line interval, progress bar, TensorBoard
+    eval         held-out sets and how often to evaluate them
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rho_jax.config_schema import ConfigError, build, to_data
+from rho_jax.data.config import DataConfig, SourceConfig
+from rho_jax.models.llama import ModelOptions
+from rho_jax.optimizer import OptimizerConfig
+from rho_jax.sharding import MeshConfig
+from rho_jax.step import SLMConfig
+
+MODEL_INITS = ("scratch", "hf", "checkpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from.
+
+    init: `scratch` (random init from `config`, a model YAML/JSON with HF field names), `hf` (a
+      local HF directory at `path`), or `checkpoint` (`path` is a rho_jax training run directory
+      (latest checkpoint), one of its `checkpoints/<step>` directories, or a rho_jax model directory).
+    options: how the model computes (dtypes, scan, remat, attention); see `ModelOptions`.
+    """
+
+    init: str = "scratch"
+    path: str | None = None
+    config: str | None = None
+    options: ModelOptions = ModelOptions()
+
+    def __post_init__(self) -> None:
+        if self.init not in MODEL_INITS:
+            raise ValueError(f"init must be one of {MODEL_INITS}, got {self.init!r}.")
+        if self.init == "scratch":
+            if self.config is None:
+                raise ValueError("init: scratch needs `config` (a model config file, e.g. configs/models/tiny-cpu.yaml).")
+            if self.path is not None:
+                raise ValueError("init: scratch takes `config`, not `path` (use init: hf or checkpoint to load weights).")
+        else:
+            if self.path is None:
+                raise ValueError(f"init: {self.init} needs `path`.")
+            if self.config is not None:
+                raise ValueError(f"init: {self.init} reads the model config from `path`; remove `config`.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Global batch: `batch_size` sequences or `batch_tokens` tokens (a multiple of data.seq_len);
+    length: `total_tokens` or `total_steps` (exactly one of each pair)."""
+
+    batch_size: int | None = None
+    batch_tokens: int | None = None
+    total_tokens: int | None = None
+    total_steps: int | None = None
+    accumulation_steps: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for first, second in (("batch_size", "batch_tokens"), ("total_tokens", "total_steps")):
+            if (getattr(self, first) is None) == (getattr(self, second) is None):
+                raise ValueError(f"set exactly one of {first} and {second}.")
+        for name in ("batch_size", "batch_tokens", "total_tokens", "total_steps", "accumulation_steps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every `every_tokens` tokens, at the end and on SIGTERM; keep the newest `keep_last`
+    plus (optionally) every `keep_every`-th saved checkpoint for good."""
+
+    every_tokens: int = 1_000_000_000
+    keep_last: int = 3
+    keep_every: int | None = None
+    async_save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every_tokens <= 0:
+            raise ValueError(f"every_tokens must be > 0, got {self.every_tokens}.")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}.")
+        if self.keep_every is not None and self.keep_every < 1:
+            raise ValueError(f"keep_every must be >= 1 or null, got {self.keep_every}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """A log line every `every_steps` steps (metrics.jsonl gets every step); progress bar; TensorBoard."""
+
+    every_steps: int = 10
+    progress_bar: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {self.every_steps}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out sets (name -> source), each evaluated (mean loss over valid targets) every
+    `every_tokens` tokens (null: only at the start and the end) on at most `max_rows` packed rows,
+    `batch_size` rows at a time (null: the training batch size)."""
+
+    sets: dict[str, SourceConfig] = dataclasses.field(default_factory=dict)
+    every_tokens: int | None = None
+    max_rows: int | None = 512
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("every_tokens", "max_rows", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer or null, got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str
+    model: ModelSource
+    data: DataConfig
+    train: TrainingConfig
+    reference: ModelSource | None = None
+    slm: SLMConfig | None = None  # null: SLMConfig() with a reference, ratio 1.0 (CLM) without
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def __post_init__(self) -> None:
+        if self.slm is None:
+            object.__setattr__(self, "slm", SLMConfig() if self.reference is not None else SLMConfig(ratio=1.0))
+        if self.reference is not None and self.reference.init == "scratch":
+            raise ConfigError("reference.init: a reference model must be trained; use init: hf or checkpoint.")
+        if self.reference is None and (self.slm.ratio != 1.0 or self.slm.score != "excess"):
+            raise ConfigError(
+                f"slm: ratio {self.slm.ratio} with score {self.slm.score!r} needs a reference model; set "
+                "`reference` (init: hf or checkpoint), or slm.ratio: 1.0 for plain CLM training."
+            )
+        if self.train.batch_tokens is not None and self.train.batch_tokens % self.data.seq_len:
+            raise ConfigError(
+                f"train.batch_tokens ({self.train.batch_tokens}) must be a multiple of data.seq_len ({self.data.seq_len})."
+            )
+        if self.batch_size % self.train.accumulation_steps:
+            raise ConfigError(
+                f"the batch of {self.batch_size} sequences is not divisible by "
+                f"train.accumulation_steps={self.train.accumulation_steps}."
+            )
+        if self.optimizer.total_steps is not None and self.optimizer.total_steps != self.total_steps:
+            raise ConfigError(
+                f"optimizer.total_steps ({self.optimizer.total_steps}) disagrees with the run length "
+                f"({self.total_steps} steps from train); leave it unset, it follows train.total_tokens/total_steps."
+            )
+        if self.optimizer.warmup_steps > self.total_steps:
+            raise ConfigError(
+                f"optimizer.warmup_steps ({self.optimizer.warmup_steps}) exceeds the run's {self.total_steps} steps."
+            )
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per global batch."""
+        return self.train.batch_size or self.train.batch_tokens // self.data.seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.data.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        if self.train.total_steps is not None:
+            return self.train.total_steps
+        return math.ceil(self.train.total_tokens / self.tokens_per_step)
+
+    def optimizer_config(self) -> OptimizerConfig:
+        """The optimizer settings with the schedule length set to the run length."""
+        return dataclasses.replace(self.optimizer, total_steps=self.total_steps)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(to_data(self), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.0.c=value' -> (['a', 'b', '0', 'c'], value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value.")
+    return key.split("."), yaml.safe_load(value) if value else None
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Set `data[path]`, creating mappings on the way; numeric parts index into lists."""
+    node: Any = data
+    for depth, part in enumerate(path[:-1]):
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {'.'.join(path)}: {where} is {node!r}, not a mapping or list.")
+    last = path[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, ".".join(path))] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {where}: {part!r} is not an index of a list of {len(node)} items.")
+    return int(part)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML run config, apply `key.sub=value` overrides, and validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}.")
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    return build(TrainConfig, data, "config")
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts, as 'key: old -> new'."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b, where = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_differences(a, b, where + "."))
+        elif a != b:
+            out.append(f"{where}: {a!r} -> {b!r}")
+    return out
