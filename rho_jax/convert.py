@@ -3,6 +3,9 @@
     python -m rho_jax.convert to-orbax HF_DIR OUT_DIR [--param-dtype float32]
     python -m rho_jax.convert to-hf RHO_DIR OUT_DIR [--dtype bfloat16] [--max-shard-size 5GB]
 
+RHO_DIR is a rho_jax model directory, a training run directory (its newest checkpoint is exported)
+or one checkpoint of a run (`<run>/checkpoints/<step>`).
+
 Tokenizer files in the source directory are copied along. No network access, no torch.
 """
 
@@ -14,9 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
+from rho_jax.config import ModelSource
+from rho_jax.model_source import load_model, tokenizer_dir
 from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
+from rho_jax.models.orbax_io import is_orbax_model_dir
+from rho_jax.sharding import MeshConfig, make_mesh
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -43,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     to_orbax.add_argument("source", type=Path, help="local HF model directory (config.json + *.safetensors)")
     to_orbax.add_argument("output", type=Path, help="new or empty directory (or an earlier rho_jax model dir)")
     to_orbax.add_argument("--param-dtype", type=parse_dtype, default="float32", help="stored parameter dtype")
-    to_hf = sub.add_parser("to-hf", help="rho_jax model directory (orbax) -> HF directory")
-    to_hf.add_argument("source", type=Path, help="directory written by `to-orbax` or rho_jax.models.save_orbax")
+    to_hf = sub.add_parser("to-hf", help="rho_jax model directory or training checkpoint -> HF directory")
+    to_hf.add_argument("source", type=Path, help="a `to-orbax` model directory, a training run directory "
+                       "(newest checkpoint) or <run>/checkpoints/<step>")
     to_hf.add_argument("output", type=Path, help="new or empty directory (or an earlier HF export)")
     to_hf.add_argument("--dtype", type=parse_dtype, default=None, help="stored dtype (default: as in the source)")
     to_hf.add_argument("--max-shard-size", type=parse_size, default="5GB", help="split safetensors above this size")
@@ -59,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             model = load_hf(args.source, param_dtype=jnp.dtype(args.param_dtype))
             save_orbax(model, args.output, tokenizer_from=args.source)
         else:
-            model = load_orbax(args.source)
+            if is_orbax_model_dir(args.source):  # keeps the stored dtype
+                model, tokenizer_from = load_orbax(args.source), args.source
+            else:  # a training run or one of its checkpoints
+                source = ModelSource(init="checkpoint", path=str(args.source))
+                model = load_model(source, make_mesh(MeshConfig(), jax.devices()[:1]))
+                tokenizer_from = tokenizer_dir(source)
             save_hf(model, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
-                    tokenizer_from=args.source)
+                    tokenizer_from=tokenizer_from)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

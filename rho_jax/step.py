@@ -90,7 +90,8 @@ def check_reference(model: Llama, reference: Llama | None, cfg: SLMConfig) -> No
         )
 
 
-def _token_losses(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, chunk: int | None, with_entropy: bool):
+def model_token_losses(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, chunk: int | None, with_entropy: bool):
+    """Per-token (loss, entropy or None) `[B, T]` of the model `(graphdef, params)` on `batch`."""
     model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
     return slm.token_losses(hidden, model.output_embedding(), batch["targets"], chunk_size=chunk, with_entropy=with_entropy)
@@ -152,11 +153,11 @@ def build_train_step(
         return pick(loss, ref_loss, ref_entropy, valid)
 
     def reference(ref_params, micro):
-        loss, entropy = _token_losses(ref_graphdef, ref_params, micro, cfg.ce_chunk_size, needs_entropy)
+        loss, entropy = model_token_losses(ref_graphdef, ref_params, micro, cfg.ce_chunk_size, needs_entropy)
         return jax.lax.stop_gradient(loss), None if entropy is None else jax.lax.stop_gradient(entropy)
 
     def model_loss(params, micro):
-        return _token_losses(model_graphdef, params, micro, cfg.ce_chunk_size, False)[0]
+        return model_token_losses(model_graphdef, params, micro, cfg.ce_chunk_size, False)[0]
 
     def step(state: TrainState, batch: dict, ref_params: nnx.State | None) -> tuple[TrainState, dict]:
         params = state.params
@@ -224,9 +225,14 @@ def init_train_state(model: Llama, optimizer: optax.GradientTransformation, mesh
     params = nnx.state(model, nnx.Param)
     shardings = state_shardings(params, optimizer, mesh)
     params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(params)
+    return new_train_state(params, optimizer, shardings), shardings
+
+
+def new_train_state(params: nnx.State, optimizer: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """Step 0 with fresh optimizer state for `params` (already placed with `shardings.params`)."""
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-    return TrainState(step=step, params=params, opt_state=opt_state), shardings
+    return TrainState(step=step, params=params, opt_state=opt_state)
 
 
 def place_reference(reference: Llama, mesh: Mesh) -> tuple[nnx.State, Any]:

@@ -1,0 +1,172 @@
+"""Training checkpoints with orbax: token-interval saves, async writes, retention, safe resume.
+
+Layout: `<run>/checkpoints/<step>/` with four orbax items
+    params     `{param_path: array}` (same tree as a rho_jax model directory's `params/`)
+    opt_state  the optax state
+    progress   JSON: step, tokens seen, seed
+    data       the grain iterator state of every process (one JSON file per process)
+orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
+interrupted by a kill never looks complete. On resume the newest checkpoint that restores is used;
+one that fails to restore (e.g. truncated by hand or by a full disk) is moved, with a warning, to
+`<run>/checkpoints_unreadable/` (never deleted), and the next older one is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers as policies
+
+from rho_jax.config import CheckpointConfig
+from rho_jax.step import TrainState
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+def interval_crossed(tokens_before: int, tokens_after: int, every_tokens: int) -> bool:
+    """True when a multiple of `every_tokens` lies in (tokens_before, tokens_after]."""
+    return tokens_after // every_tokens > tokens_before // every_tokens
+
+
+def interval_save_steps(every_tokens: int, tokens_per_step: int, total_steps: int) -> list[int]:
+    """Steps at which token-interval checkpoints are saved: the first step reaching each multiple."""
+    steps = []
+    for step in range(1, total_steps + 1):
+        if interval_crossed((step - 1) * tokens_per_step, step * tokens_per_step, every_tokens):
+            steps.append(step)
+    return steps
+
+
+def permanent_steps(cfg: CheckpointConfig, tokens_per_step: int, total_steps: int) -> list[int]:
+    """Every `keep_every`-th token-interval checkpoint (kept forever); [] when keep_every is unset."""
+    if cfg.keep_every is None:
+        return []
+    saves = interval_save_steps(cfg.every_tokens, tokens_per_step, total_steps)
+    return saves[cfg.keep_every - 1 :: cfg.keep_every]
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def incomplete_saves(directory: Path) -> list[Path]:
+    """Temporary directories of saves that never finished (process killed while writing)."""
+    return sorted(p for p in directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints of one run directory."""
+
+    def __init__(self, run_dir: str | Path, cfg: CheckpointConfig, tokens_per_step: int, total_steps: int):
+        self.run_dir = Path(run_dir).absolute()
+        self.directory = self.run_dir / CHECKPOINTS_DIR
+        keep: list[Any] = [policies.LatestN(cfg.keep_last)]
+        permanent = permanent_steps(cfg, tokens_per_step, total_steps)
+        if permanent:
+            keep.append(policies.CustomSteps(permanent))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=cfg.async_save,
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "params": ocp.StandardCheckpointHandler(),
+            "opt_state": ocp.StandardCheckpointHandler(),
+            "progress": ocp.JsonCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+        })
+        for path in incomplete_saves(self.directory):
+            log.warning("Skipping %s: a checkpoint save that never completed (left in place, not loaded).", path)
+
+    def save(self, state: TrainState, progress: dict[str, Any], data_iterator: Any) -> None:
+        """Start saving (returns once arrays are copied off the devices; files are written in the background)."""
+        step = int(progress["step"])
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, force=True, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(nnx.to_pure_dict(state.params)),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            progress=ocp.args.JsonSave(progress),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+        ))
+
+    def restore_latest(self, state_shardings: TrainState, abstract_params: nnx.State, abstract_opt_state: Any,
+                       data_iterator: Any) -> tuple[TrainState, dict[str, Any]] | None:
+        """(state, progress) of the newest readable checkpoint, with `data_iterator` set to its
+        position; None if there is no checkpoint. Unreadable checkpoints are moved aside."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(
+                        _abstract(nnx.to_pure_dict(abstract_params), nnx.to_pure_dict(state_shardings.params))
+                    ),
+                    opt_state=ocp.args.StandardRestore(_abstract(abstract_opt_state, state_shardings.opt_state)),
+                    progress=ocp.args.JsonRestore(),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                ))
+            except Exception as err:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                self._set_aside(step, err)
+                continue
+            params = jax.tree.map(lambda x: x, abstract_params)
+            nnx.replace_by_pure_dict(params, restored["params"])
+            progress = dict(restored["progress"])
+            step_array = jax.device_put(jax.numpy.asarray(progress["step"], jax.numpy.int32), state_shardings.step)
+            return TrainState(step=step_array, params=params, opt_state=restored["opt_state"]), progress
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        source = self.directory / str(step)
+        target = self.run_dir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        log.warning("Checkpoint %s cannot be restored (%s: %s); moving it to %s and trying an older one.",
+                    source, type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "", target)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+        self.manager.reload()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def checkpoint_progress(run_dir: str | Path, step: int) -> dict[str, Any]:
+    """The `progress` record of checkpoint `step` of a run (step, tokens, seed)."""
+    path = Path(run_dir) / CHECKPOINTS_DIR / str(step) / "progress" / "metadata"
+    return json.loads(path.read_text())
+
+
+def load_checkpoint_params(checkpoint_dir: str | Path, abstract_params: dict, shardings: dict | None = None) -> dict:
+    """The `params` item (`{param_path: array}`) of one checkpoint directory `<run>/checkpoints/<step>`."""
+    checkpoint_dir = Path(checkpoint_dir).absolute()
+    target = abstract_params if shardings is None else _abstract(abstract_params, shardings)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(checkpoint_dir / "params", target)
+
+
+def latest_checkpoint_dir(run_dir: str | Path) -> Path:
+    """`<run>/checkpoints/<newest step>`; a clear error if the run has none."""
+    directory = Path(run_dir) / CHECKPOINTS_DIR
+    steps = sorted(int(p.name) for p in directory.glob("*") if p.is_dir() and p.name.isdigit()) if directory.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"{run_dir} has no completed checkpoint under {CHECKPOINTS_DIR}/.")
+    return directory / str(steps[-1])
+

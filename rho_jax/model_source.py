@@ -1,0 +1,103 @@
+"""The trained and reference models of a run, from their `ModelSource`, placed on the mesh.
+
+Sources: `scratch` (random init from a model config file, created directly in its shardings),
+`hf` (a local HF directory), `checkpoint` (a rho_jax training run -> its newest checkpoint, one
+`<run>/checkpoints/<step>` directory, or a rho_jax model directory from `convert to-orbax`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from rho_jax.checkpoint import CHECKPOINTS_DIR, latest_checkpoint_dir, load_checkpoint_params
+from rho_jax.config import ConfigError, ModelSource
+from rho_jax.models import Llama, ModelConfig, load_hf, load_orbax, read_hf_config
+from rho_jax.models.atomic_dir import TOKENIZER_FILES
+from rho_jax.models.orbax_io import is_orbax_model_dir
+from rho_jax.models.params import abstract_model
+from rho_jax.run_dir import TOKENIZER_DIR, is_run_dir, run_model_config
+from rho_jax.sharding import param_shardings
+
+
+def _checkpoint_dir(path: Path) -> Path | None:
+    """The checkpoint step directory that `path` names (a run -> its newest), or None if it names none."""
+    if is_run_dir(path):
+        return latest_checkpoint_dir(path)
+    if path.parent.name == CHECKPOINTS_DIR and is_run_dir(path.parent.parent) and path.name.isdigit():
+        return path
+    return None
+
+
+def _check_exists(source: ModelSource, what: str) -> Path:
+    path = Path(source.path)
+    if not path.is_dir():
+        raise ConfigError(f"{what}.path: {path} is not a directory.")
+    return path
+
+
+def read_model_config(source: ModelSource, what: str = "model") -> ModelConfig:
+    """The architecture of the model `source` describes (read from its files, nothing loaded)."""
+    if source.init == "scratch":
+        if not Path(source.config).is_file():
+            raise ConfigError(f"{what}.config: model config file {source.config} does not exist.")
+        return ModelConfig.from_file(source.config)
+    path = _check_exists(source, what)
+    if source.init == "hf":
+        return read_hf_config(path)
+    step_dir = _checkpoint_dir(path)
+    if step_dir is not None:
+        return run_model_config(step_dir.parent.parent)
+    if is_orbax_model_dir(path):
+        return ModelConfig.from_file(path / "config.json")
+    raise ConfigError(
+        f"{what}.path: {path} is neither a rho_jax training run, one of its checkpoints/<step> "
+        "directories, nor a rho_jax model directory (convert to-orbax)."
+    )
+
+
+def tokenizer_dir(source: ModelSource) -> Path | None:
+    """The directory holding the tokenizer a loaded model was trained with (None: unknown)."""
+    if source.init == "scratch":
+        return None
+    path = Path(source.path)
+    step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
+    candidate = step_dir.parent.parent / TOKENIZER_DIR if step_dir is not None else path
+    return candidate if any((candidate / name).exists() for name in TOKENIZER_FILES[:5]) else None
+
+
+def model_graph(cfg: ModelConfig, source: ModelSource) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graph definition, abstract parameter state) of the model; no memory is allocated."""
+    graphdef, flat = abstract_model(cfg, source.options)
+    return graphdef, nnx.from_flat_state(flat)
+
+
+def load_model(source: ModelSource, mesh: Mesh, seed: int = 0) -> Llama:
+    """The model `source` describes, as a `Llama` with parameters placed on `mesh`."""
+    cfg = read_model_config(source)
+    graphdef, _ = model_graph(cfg, source)
+    return nnx.merge(graphdef, load_params(source, cfg, mesh, seed))
+
+
+def load_params(source: ModelSource, cfg: ModelConfig, mesh: Mesh, seed: int) -> nnx.State:
+    """The model's parameters, sharded over `mesh` by the logical-axis rules."""
+    _, abstract = model_graph(cfg, source)
+    shardings = param_shardings(abstract, mesh)
+    if source.init == "scratch":
+        create = lambda: nnx.state(Llama(cfg, source.options, rngs=nnx.Rngs(seed)), nnx.Param)  # noqa: E731
+        return jax.jit(create, out_shardings=shardings)()
+    path = Path(source.path)
+    step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
+    if step_dir is not None:
+        target = jax.tree.map(lambda x: x, abstract)
+        as_dtype = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)  # noqa: E731
+        restored = load_checkpoint_params(step_dir, jax.tree.map(as_dtype, nnx.to_pure_dict(abstract)),
+                                          nnx.to_pure_dict(shardings))
+        nnx.replace_by_pure_dict(target, restored)
+        return target
+    opts = source.options
+    model = load_hf(path, options=opts) if source.init == "hf" else load_orbax(path, options=opts)
+    return jax.device_put(nnx.state(model, nnx.Param), shardings)

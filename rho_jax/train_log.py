@@ -1,0 +1,124 @@
+"""What a run reports while it trains: metrics.jsonl, eval.jsonl, TensorBoard, progress bar, log lines.
+
+Only process 0 writes files or prints; other processes get a `TrainLog(enabled=False)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from rho_jax.run_dir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR
+
+
+def format_count(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Remove the records of steps after `step` from a JSON-lines file (steps a resumed run redoes)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
+class TrainLog:
+    """Appends step and eval records, mirrors them to TensorBoard, shows progress and log lines."""
+
+    def __init__(self, run_dir: Path, *, total_tokens: int, start_step: int, start_tokens: int, every_steps: int,
+                 progress_bar: bool, tensorboard: bool, enabled: bool = True):
+        """Records of steps after `start_step` (left by a run that was killed after its last
+        checkpoint) are dropped, so the files hold one history without repeated steps."""
+        self.enabled = enabled
+        self.every_steps = every_steps
+        self.total_tokens = total_tokens
+        self.clock_start: tuple[float, int] | None = None  # (time, tokens) at the first logged step
+        if not enabled:
+            return
+        for name in (METRICS_FILE, EVAL_FILE):
+            drop_records_after(run_dir / name, start_step)
+        self.metrics_file = open(run_dir / METRICS_FILE, "a")
+        self.eval_file = open(run_dir / EVAL_FILE, "a")
+        self.writer = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        self.bar = tqdm(total=total_tokens, initial=start_tokens, unit="tok", unit_scale=True, dynamic_ncols=True,
+                        disable=not progress_bar, file=sys.stderr, smoothing=0.1)
+
+    def eta_seconds(self, tokens: int) -> float:
+        """Remaining time at the rate since the first logged step (so compilation is not counted)."""
+        now = time.perf_counter()
+        if self.clock_start is None:
+            self.clock_start = (now, tokens)
+        started, start_tokens = self.clock_start
+        done = tokens - start_tokens
+        return (self.total_tokens - tokens) * (now - started) / done if done > 0 else math.inf
+
+    def step(self, record: dict[str, Any]) -> None:
+        """One training step's metrics (must hold step, tokens, loss, selected_fraction, lr, tokens_per_sec)."""
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "tokens") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+        eta = self.eta_seconds(record["tokens"])
+        self.bar.update(record["tokens"] - self.bar.n)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", sel=f"{record['selected_fraction']:.3f}", refresh=False)
+        if record["step"] % self.every_steps == 0:
+            self.message(
+                f"step {record['step']} | tokens {format_count(record['tokens'])}/{format_count(self.total_tokens)} | "
+                f"loss {record['loss']:.4f} (all {record['loss_all']:.4f}) | selected {record['selected_fraction']:.3f} | "
+                f"lr {record['lr']:.3g} | {format_count(record['tokens_per_sec'])} tok/s | "
+                f"ETA {format_duration(eta)}"
+            )
+
+    def evaluation(self, step: int, tokens: int, results: dict[str, dict[str, float]]) -> None:
+        """Held-out results {set name: {"loss": ..., "num_tokens": ...}} of one evaluation."""
+        if not self.enabled:
+            return
+        for name, result in results.items():
+            self.eval_file.write(json.dumps({"step": step, "tokens": tokens, "set": name, **result}) + "\n")
+            if self.writer is not None:
+                self.writer.add_scalar(f"eval/{name}/loss", result["loss"], step)
+        self.eval_file.flush()
+        summary = ", ".join(f"{name} {r['loss']:.4f}" for name, r in results.items())
+        self.message(f"eval at step {step}: {summary}")
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.bar.close()
+        self.metrics_file.close()
+        self.eval_file.close()
+        if self.writer is not None:
+            self.writer.close()
