@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, tokenizer_from = load_orbax(args.source), args.source
             else:  # a training run or one of its checkpoints
                 source = ModelSource(init="checkpoint", path=str(args.source))
-                model = load_model(source, make_mesh(MeshConfig(), jax.devices()[:1]))
+                model = load_model(source, make_mesh(MeshConfig(), jax.devices()[:1]), what="source")
                 tokenizer_from = tokenizer_dir(source)
             save_hf(model, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
                     tokenizer_from=tokenizer_from)

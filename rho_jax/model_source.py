@@ -75,9 +75,10 @@ def model_graph(cfg: ModelConfig, source: ModelSource) -> tuple[nnx.GraphDef, nn
     return graphdef, nnx.from_flat_state(flat)
 
 
-def load_model(source: ModelSource, mesh: Mesh, seed: int = 0) -> Llama:
-    """The model `source` describes, as a `Llama` with parameters placed on `mesh`."""
-    cfg = read_model_config(source)
+def load_model(source: ModelSource, mesh: Mesh, seed: int = 0, what: str = "model") -> Llama:
+    """The model `source` describes, as a `Llama` with parameters placed on `mesh` (`what` names
+    it in error messages)."""
+    cfg = read_model_config(source, what)
     graphdef, _ = model_graph(cfg, source)
     return nnx.merge(graphdef, load_params(source, cfg, mesh, seed))
 

@@ -55,7 +55,7 @@ def test_decay_mask_is_applied_by_the_optimizer():
 def test_gradients_are_clipped_by_global_norm():
     """SGD-like settings (b1=b2=0 make Adam's step sign(g)); compare with and without clipping."""
     params = {"w": jnp.ones((2, 2))}
-    base = dict(learning_rate=1.0, weight_decay=0.0, b1=0.0, b2=0.0, eps=1e-3, schedule="constant")
+    base = dict(learning_rate=1.0, weight_decay=0.0, b1=0.0, b2=0.0, eps=1e-3, schedule="constant", total_steps=1)
     grads = {"w": jnp.full((2, 2), 10.0)}
 
     def first_update(clip_norm):

@@ -112,7 +112,7 @@ def test_save_refuses_to_replace_an_unrelated_directory(tiny_hf_dir, tmp_path, c
     assert (precious / "results.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no staging folder left behind
     assert convert_main(["to-hf", str(tiny_hf_dir("llama-gqa")), str(precious)]) == 2
-    assert "not a rho_jax model directory" in capsys.readouterr().err
+    assert "nor a rho_jax model directory" in capsys.readouterr().err
 
 
 def test_save_refuses_to_replace_a_model_it_did_not_write(tiny_hf_dir, tmp_path):
