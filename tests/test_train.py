@@ -71,7 +71,8 @@ def checkpoint_steps(run: Path) -> list[int]:
 def reference_run(tmp_path_factory):
     """An uninterrupted CLM run (also the reference model of the SLM tests)."""
     tmp = tmp_path_factory.mktemp("reference")
-    assert main(["--config", str(run_config(tmp, "run"))]) == 0
+    assert main(["--config", str(run_config(tmp, "run", logging={"every_steps": 4, "progress_bar": True,
+                                                                  "tensorboard": True}))]) == 0
     return tmp / "run"
 
 
@@ -91,6 +92,28 @@ def test_run_writes_metrics_checkpoints_and_eval(reference_run):
     assert resolved["slm"]["ratio"] == 1.0 and resolved["checkpoint"]["every_tokens"] == 600
     assert (reference_run / "tokenizer" / "tokenizer.json").exists()
     assert json.loads((reference_run / "done.json").read_text())["step"] == 8
+    assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_retention_keeps_the_last_n_and_every_mth(tmp_path):
+    # token-interval saves at steps 3, 5, 8; keep_every=2 keeps the 2nd (step 5); keep_last=1 keeps 8
+    config = run_config(tmp_path, "run", checkpoint={"every_tokens": 600, "keep_last": 1, "keep_every": 2},
+                        eval={"sets": {}})
+    assert main(["--config", str(config)]) == 0
+    assert checkpoint_steps(tmp_path / "run") == [5, 8]
+
+
+@pytest.mark.parametrize("every, keep_every, expected_saves, expected_permanent", [
+    (600, 2, [3, 5, 8], [5]),
+    (256, 3, [1, 2, 3, 4, 5, 6, 7, 8], [3, 6]),
+    (10_000, None, [], []),
+])
+def test_checkpoint_schedule(every, keep_every, expected_saves, expected_permanent):
+    from rho_jax.checkpoint import interval_save_steps, permanent_steps
+    from rho_jax.config import CheckpointConfig
+
+    assert interval_save_steps(every, TOKENS_PER_STEP, 8) == expected_saves
+    assert permanent_steps(CheckpointConfig(every_tokens=every, keep_every=keep_every), TOKENS_PER_STEP, 8) == expected_permanent
 
 
 def test_rerun_of_a_finished_run_does_nothing(reference_run, capsys):
