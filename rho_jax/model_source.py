@@ -15,8 +15,8 @@ from jax.sharding import Mesh
 
 from rho_jax.checkpoint import CHECKPOINTS_DIR, latest_checkpoint_dir, load_checkpoint_params
 from rho_jax.config import ConfigError, ModelSource
+from rho_jax.data.tokenizer import has_tokenizer_files
 from rho_jax.models import Llama, ModelConfig, load_hf, load_orbax, read_hf_config
-from rho_jax.models.atomic_dir import TOKENIZER_FILES
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.models.params import abstract_model
 from rho_jax.run_dir import TOKENIZER_DIR, is_run_dir, run_model_config
@@ -66,7 +66,7 @@ def tokenizer_dir(source: ModelSource) -> Path | None:
     path = Path(source.path)
     step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
     candidate = step_dir.parent.parent / TOKENIZER_DIR if step_dir is not None else path
-    return candidate if any((candidate / name).exists() for name in TOKENIZER_FILES[:5]) else None
+    return candidate if has_tokenizer_files(candidate) else None
 
 
 def model_graph(cfg: ModelConfig, source: ModelSource) -> tuple[nnx.GraphDef, nnx.State]:

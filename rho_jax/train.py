@@ -23,11 +23,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from rho_jax.checkpoint import Checkpointer, interval_crossed
-from rho_jax.config import ConfigError, ModelSource, TrainConfig, load_config
+from rho_jax.config import ConfigError, TrainConfig, load_config
 from rho_jax.data import eval_batches, load_tokenizer, to_global_batch, tokenizer_fingerprint, train_dataset
 from rho_jax.evaluate import build_eval_step, evaluate
 from rho_jax.model_source import load_params, model_graph, read_model_config, tokenizer_dir

@@ -11,6 +11,11 @@ import transformers
 
 # Any one of these marks a directory as holding a Hugging Face tokenizer.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer_files(directory: str | Path) -> bool:
+    """True if `directory` holds a saved Hugging Face tokenizer."""
+    return any((Path(directory) / name).exists() for name in _TOKENIZER_FILES)
 # Encoded (with the tokenizer's special tokens) into the fingerprint: covers normalization,
 # pre-tokenization and the BOS/EOS the tokenizer adds by itself.
 _FINGERPRINT_SAMPLE = "Hello world! 12 345\n\t  Ünïcödé — 数学 x^2+y_1 <s></s> end."
@@ -25,7 +30,7 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist (it must be a local directory).")
-    if not any((directory / name).exists() for name in _TOKENIZER_FILES):
+    if not has_tokenizer_files(directory):
         raise FileNotFoundError(
             f"tokenizer directory {path} holds none of {list(_TOKENIZER_FILES)}; save a Hugging Face tokenizer "
             "there (tokenizer.save_pretrained(dir))."
