@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The arrays of a packed training batch, as `batch_from_tokens` returns them with segment ids.
+BATCH_KEYS = ("input_ids", "targets", "valid", "segment_ids")
+
 
 def batch_from_tokens(
     tokens: np.ndarray, segment_ids: np.ndarray | None = None, loss_mask: np.ndarray | None = None

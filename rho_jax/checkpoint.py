@@ -13,7 +13,6 @@ one that fails to restore (e.g. truncated by hand or by a full disk) is moved, w
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -60,6 +59,18 @@ def permanent_steps(cfg: CheckpointConfig, tokens_per_step: int, total_steps: in
 
 def _abstract(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _params_target(abstract_params: nnx.State, shardings: nnx.State) -> dict:
+    """The restore target of a `params` item: `{param_path: ShapeDtypeStruct}` with shardings."""
+    return _abstract(nnx.to_pure_dict(abstract_params), nnx.to_pure_dict(shardings))
+
+
+def _params_state(abstract_params: nnx.State, restored: dict) -> nnx.State:
+    """A parameter state shaped like `abstract_params` holding the restored arrays."""
+    params = jax.tree.map(lambda x: x, abstract_params)
+    nnx.replace_by_pure_dict(params, restored)
+    return params
 
 
 def incomplete_saves(directory: Path) -> list[Path]:
@@ -110,9 +121,7 @@ class Checkpointer:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(
-                        _abstract(nnx.to_pure_dict(abstract_params), nnx.to_pure_dict(state_shardings.params))
-                    ),
+                    params=ocp.args.StandardRestore(_params_target(abstract_params, state_shardings.params)),
                     opt_state=ocp.args.StandardRestore(_abstract(abstract_opt_state, state_shardings.opt_state)),
                     progress=ocp.args.JsonRestore(),
                     data=grain.checkpoint.CheckpointRestore(data_iterator),
@@ -120,8 +129,7 @@ class Checkpointer:
             except Exception as err:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 self._set_aside(step, err)
                 continue
-            params = jax.tree.map(lambda x: x, abstract_params)
-            nnx.replace_by_pure_dict(params, restored["params"])
+            params = _params_state(abstract_params, restored["params"])
             progress = dict(restored["progress"])
             step_array = jax.device_put(jax.numpy.asarray(progress["step"], jax.numpy.int32), state_shardings.step)
             return TrainState(step=step_array, params=params, opt_state=restored["opt_state"]), progress
@@ -148,18 +156,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def checkpoint_progress(run_dir: str | Path, step: int) -> dict[str, Any]:
-    """The `progress` record of checkpoint `step` of a run (step, tokens, seed)."""
-    path = Path(run_dir) / CHECKPOINTS_DIR / str(step) / "progress" / "metadata"
-    return json.loads(path.read_text())
-
-
-def load_checkpoint_params(checkpoint_dir: str | Path, abstract_params: dict, shardings: dict | None = None) -> dict:
-    """The `params` item (`{param_path: array}`) of one checkpoint directory `<run>/checkpoints/<step>`."""
-    checkpoint_dir = Path(checkpoint_dir).absolute()
-    target = abstract_params if shardings is None else _abstract(abstract_params, shardings)
+def load_checkpoint_params(checkpoint_dir: str | Path, abstract_params: nnx.State, shardings: nnx.State) -> nnx.State:
+    """The parameters saved in one checkpoint directory `<run>/checkpoints/<step>`, restored
+    directly into `shardings`."""
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(checkpoint_dir / "params", target)
+        restored = checkpointer.restore(Path(checkpoint_dir).absolute() / "params",
+                                        _params_target(abstract_params, shardings))
+    return _params_state(abstract_params, restored)
 
 
 def latest_checkpoint_dir(run_dir: str | Path) -> Path:

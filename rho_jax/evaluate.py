@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from rho_jax.batch import BATCH_KEYS
 from rho_jax.data import to_global_batch
 from rho_jax.sharding import batch_sharding, replicated
 from rho_jax.step import model_token_losses
@@ -23,8 +24,7 @@ def build_eval_step(graphdef: nnx.GraphDef, params_shardings: Any, mesh: Mesh, c
             loss, _ = model_token_losses(graphdef, params, batch, chunk, False)
         return jnp.sum(jnp.where(batch["valid"], loss, 0.0)), jnp.sum(batch["valid"].astype(jnp.float32))
 
-    keys = ("input_ids", "targets", "valid", "segment_ids")
-    return jax.jit(sums, in_shardings=(params_shardings, {k: batch_sharding(mesh) for k in keys}),
+    return jax.jit(sums, in_shardings=(params_shardings, {k: batch_sharding(mesh) for k in BATCH_KEYS}),
                    out_shardings=replicated(mesh))
 
 

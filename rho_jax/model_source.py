@@ -79,13 +79,13 @@ def load_model(source: ModelSource, mesh: Mesh, seed: int = 0, what: str = "mode
     """The model `source` describes, as a `Llama` with parameters placed on `mesh` (`what` names
     it in error messages)."""
     cfg = read_model_config(source, what)
-    graphdef, _ = model_graph(cfg, source)
-    return nnx.merge(graphdef, load_params(source, cfg, mesh, seed))
+    graphdef, abstract = model_graph(cfg, source)
+    return nnx.merge(graphdef, load_params(source, cfg, abstract, mesh, seed))
 
 
-def load_params(source: ModelSource, cfg: ModelConfig, mesh: Mesh, seed: int) -> nnx.State:
-    """The model's parameters, sharded over `mesh` by the logical-axis rules."""
-    _, abstract = model_graph(cfg, source)
+def load_params(source: ModelSource, cfg: ModelConfig, abstract: nnx.State, mesh: Mesh, seed: int) -> nnx.State:
+    """The model's parameters (`abstract`: their state from `model_graph`), sharded over `mesh` by
+    the logical-axis rules."""
     shardings = param_shardings(abstract, mesh)
     if source.init == "scratch":
         create = lambda: nnx.state(Llama(cfg, source.options, rngs=nnx.Rngs(seed)), nnx.Param)  # noqa: E731
@@ -93,12 +93,7 @@ def load_params(source: ModelSource, cfg: ModelConfig, mesh: Mesh, seed: int) ->
     path = Path(source.path)
     step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
     if step_dir is not None:
-        target = jax.tree.map(lambda x: x, abstract)
-        as_dtype = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)  # noqa: E731
-        restored = load_checkpoint_params(step_dir, jax.tree.map(as_dtype, nnx.to_pure_dict(abstract)),
-                                          nnx.to_pure_dict(shardings))
-        nnx.replace_by_pure_dict(target, restored)
-        return target
+        return load_checkpoint_params(step_dir, abstract, shardings)
     opts = source.options
     model = load_hf(path, options=opts) if source.init == "hf" else load_orbax(path, options=opts)
     return jax.device_put(nnx.state(model, nnx.Param), shardings)

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from rho_jax.batch import BATCH_KEYS
 from rho_jax.checkpoint import Checkpointer, interval_crossed
 from rho_jax.config import ConfigError, TrainConfig, load_config
 from rho_jax.data import eval_batches, load_tokenizer, to_global_batch, tokenizer_fingerprint, train_dataset
@@ -38,9 +39,6 @@ from rho_jax.step import TrainState, build_train_step, jit_train_step, new_train
 from rho_jax.train_log import TrainLog
 
 log = logging.getLogger("rho_jax.train")
-
-BATCH_KEYS = ("input_ids", "targets", "valid", "segment_ids")
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf."""
@@ -132,7 +130,8 @@ class Trainer:
             initialize_run_dir(run_dir, cfg, model_config, cfg.data.tokenizer)
 
         graphdef, abstract_params = model_graph(model_config, cfg.model)
-        optimizer = make_optimizer(cfg.optimizer_config(), abstract_params)
+        optimizer_config = cfg.optimizer_config()
+        optimizer = make_optimizer(optimizer_config, abstract_params)
         shardings = state_shardings(abstract_params, optimizer, mesh)
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, cfg.tokens_per_step, cfg.total_steps)
         restored = checkpointer.restore_latest(shardings, abstract_params, jax.eval_shape(optimizer.init, abstract_params),
@@ -141,15 +140,15 @@ class Trainer:
             state, progress = restored
             tokens = int(progress["tokens"])
         else:
-            params = load_params(cfg.model, model_config, mesh, cfg.train.seed)
+            params = load_params(cfg.model, model_config, abstract_params, mesh, cfg.train.seed)
             state, tokens = new_train_state(params, optimizer, shardings), 0
 
         ref_graphdef = ref_params = ref_shardings = None
         if cfg.reference is not None:
-            ref_graphdef, _ = model_graph(reference_config, cfg.reference)
-            ref_params = load_params(cfg.reference, reference_config, mesh, cfg.train.seed)
+            ref_graphdef, ref_abstract = model_graph(reference_config, cfg.reference)
+            ref_params = load_params(cfg.reference, reference_config, ref_abstract, mesh, cfg.train.seed)
             ref_shardings = param_shardings(ref_params, mesh)
-        step = build_train_step(graphdef, ref_graphdef, cfg.slm, optimizer, learning_rate_schedule(cfg.optimizer_config()),
+        step = build_train_step(graphdef, ref_graphdef, cfg.slm, optimizer, learning_rate_schedule(optimizer_config),
                                 cfg.train.accumulation_steps)
         step_fn = jit_train_step(step, shardings, ref_shardings, mesh, BATCH_KEYS)
         eval_step = build_eval_step(graphdef, shardings.params, mesh, cfg.slm.ce_chunk_size) if eval_sets else None
