@@ -88,17 +88,9 @@ def main(stdlib: str, output: str) -> None:
         with open(out / f"{name}.jsonl", "w") as f:
             for doc in docs:
                 f.write(json.dumps({"text": doc}) + "\n")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from rho_jax.data.tokenizer import train_bpe_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(clean + web, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(str(out / "tokenizer"))
+    train_bpe_tokenizer(clean + web, 4096, out / "tokenizer")
     print({name: len(docs) for name, docs in (("clean", clean), ("web", web), ("heldout", heldout))})
 
 

@@ -27,8 +27,9 @@ Row = dict[str, np.ndarray]
 _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
-def _row(packed: dict[str, np.ndarray]) -> Row:
-    return {"tokens": packed["tokens"], "segment_ids": packed["tokens_segment_ids"], "loss_mask": packed["loss_mask"]}
+def _row(packed: dict[str, np.ndarray], extra_fields: tuple[str, ...] = ()) -> Row:
+    row = {"tokens": packed["tokens"], "segment_ids": packed["tokens_segment_ids"], "loss_mask": packed["loss_mask"]}
+    return row | {name: packed[name] for name in extra_fields}
 
 
 class _JsonStateIterator(grain.DatasetIterator):
@@ -55,10 +56,15 @@ class _JsonStateIterDataset(grain.IterDataset):
         return _JsonStateIterator(self._parent.__iter__())
 
 
-def pack_documents(ds: grain.IterDataset, row_len: int) -> grain.IterDataset:
-    """Rows of `row_len` tokens packed from `{"tokens", "loss_mask"}` documents (see the module docstring)."""
-    packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": row_len, "loss_mask": row_len})
-    return _JsonStateIterDataset(packed).map(_row)
+def pack_documents(ds: grain.IterDataset, row_len: int, extra_fields: tuple[str, ...] = ()) -> grain.IterDataset:
+    """Rows of `row_len` tokens packed from `{"tokens", "loss_mask"}` documents (see the module docstring).
+
+    `extra_fields` name further per-token arrays of the documents (e.g. token labels) that are
+    packed alongside the tokens and kept in the rows (padding 0).
+    """
+    length_struct = {name: row_len for name in ("tokens", "loss_mask", *extra_fields)}
+    packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct=length_struct)
+    return _JsonStateIterDataset(packed).map(functools.partial(_row, extra_fields=extra_fields))
 
 
 def _encode(tokenizer: transformers.PreTrainedTokenizerBase, document: dict) -> dict[str, np.ndarray]:

@@ -100,3 +100,23 @@ def encode_document(
     if tokens[0] == tokenizer.bos_token_id:
         loss_mask[0] = False
     return {"tokens": np.asarray(tokens, np.int32), "loss_mask": loss_mask}
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, output_dir: str | Path) -> transformers.PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style, no BOS added) on `texts` and save it to `output_dir`.
+
+    Special tokens: `<pad>` = 0, `<s>` = 1 (BOS), `</s>` = 2 (EOS), matching the shipped model configs.
+    Deterministic for the same texts and vocab size.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>",
+                                                eos_token="</s>")
+    fast.save_pretrained(str(output_dir))
+    return fast

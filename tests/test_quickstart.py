@@ -1,0 +1,239 @@
+"""The CPU quickstart: its corpus (deterministic, disjoint, noise spans exact), token labels,
+curve arithmetic, the report figures, and a shrunken end-to-end run through the real training CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rho_jax.data.tokenizer import load_tokenizer
+from rho_jax.quickstart import cli
+from rho_jax.quickstart.corpus import CorpusSpec, build_corpus, shipped_texts
+from rho_jax.quickstart.curves import tokens_to_reach
+from rho_jax.quickstart.pipeline import QuickstartError, Settings, run
+from rho_jax.quickstart.probe import LABELS, labelled_document, probe_batches
+from rho_jax.quickstart.report import SeedResult, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = CorpusSpec(seed=3, reference_docs=200, noisy_docs=200, heldout_docs=60, offdomain_docs=30, vocab_size=1024)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    build_corpus(SMALL, directory)
+    return directory
+
+
+def test_corpus_is_deterministic_and_seeded(corpus: Path, tmp_path: Path) -> None:
+    build_corpus(SMALL, tmp_path / "again")
+    for name in ("reference.jsonl", "noisy.jsonl", "heldout.jsonl", "tokenizer/tokenizer.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (corpus / name).read_bytes(), name
+    other = CorpusSpec(**{**SMALL.__dict__, "seed": 4})
+    build_corpus(other, tmp_path / "other")
+    assert (tmp_path / "other" / "noisy.jsonl").read_bytes() != (corpus / "noisy.jsonl").read_bytes()
+
+
+def test_corpus_splits_are_disjoint_and_noise_spans_are_exactly_the_injected_text(corpus: Path) -> None:
+    problems = set(shipped_texts("gsm_symbolic"))
+    offdomain = set(shipped_texts("offdomain"))
+    reference = [r["text"] for r in read_jsonl(corpus / "reference.jsonl")]
+    heldout = [r["text"] for r in read_jsonl(corpus / "heldout.jsonl")]
+    noisy = read_jsonl(corpus / "noisy.jsonl")
+    assert len(reference) == 200 and len(heldout) == 60 and len(noisy) == 230
+    assert set(reference) <= problems and set(heldout) <= problems and not set(reference) & set(heldout)
+
+    recovered_problems, offdomain_docs, web_chars, total_chars = [], 0, 0, 0
+    for record in noisy:
+        text, spans = record["text"], record["noise"]
+        total_chars += len(text)
+        if spans and spans[0][2] == "offdomain":
+            assert spans == [[0, len(text), "offdomain"]] and text in offdomain
+            offdomain_docs += 1
+            continue
+        # Removing the web-noise lines must give back the original problem, character for character.
+        noise_lines = set()
+        for start, end, kind in spans:
+            assert kind == "web" and (start == 0 or text[start - 1] == "\n") and (end == len(text) or text[end] == "\n")
+            noise_lines.add((start, end))
+            web_chars += end - start
+        kept, position = [], 0
+        for line in text.split("\n"):
+            if (position, position + len(line)) not in noise_lines:
+                kept.append(line)
+            position += len(line) + 1
+        recovered_problems.append("\n".join(kept))
+    assert offdomain_docs == 30
+    assert set(recovered_problems) <= problems
+    assert not set(recovered_problems) & (set(reference) | set(heldout))
+    assert 0.1 < web_chars / total_chars < 0.5
+
+
+def test_token_labels_follow_the_noise_spans(corpus: Path) -> None:
+    tokenizer = load_tokenizer(str(corpus / "tokenizer"))
+    record = next(r for r in read_jsonl(corpus / "noisy.jsonl") if r["noise"][0][2] == "web")
+    document = labelled_document(tokenizer, record)
+    tokens, labels = document["tokens"], document["labels"]
+    assert tokens[-1] == tokenizer.eos_token_id
+    # Independent check: decode token by token, and look up the label of each token's last character.
+    text, position = record["text"], 0
+    for token, label in zip(tokens[:-1], labels[:-1]):
+        piece = tokenizer.decode([int(token)])
+        assert text.startswith(piece, position)
+        position += len(piece)
+        last = position - 1
+        inside = [kind for start, end, kind in record["noise"] if start <= last < end]
+        assert LABELS[label] == (inside[0] if inside else "clean")
+    assert position == len(text)
+    assert labels[-1] == labels[-2]  # EOS takes the label of the token before it
+    assert {0, 1} <= set(labels.tolist())
+
+
+def test_probe_batches_match_training_packing(corpus: Path) -> None:
+    tokenizer = load_tokenizer(str(corpus / "tokenizer"))
+    batches = probe_batches(corpus / "noisy.jsonl", tokenizer, seq_len=64, batch_rows=4, num_batches=3)
+    assert len(batches) == 3
+    records = read_jsonl(corpus / "noisy.jsonl")
+    stream = np.concatenate([labelled_document(tokenizer, r)["tokens"] for r in records[:40]])
+    labels = np.concatenate([labelled_document(tokenizer, r)["labels"] for r in records[:40]])
+    for i, batch in enumerate(batches):
+        assert batch["input_ids"].shape == batch["labels"].shape == (4, 64)
+        for row in range(4):
+            start = (i * 4 + row) * 65  # rows of seq_len + 1 tokens, cut from the concatenated documents
+            np.testing.assert_array_equal(batch["input_ids"][row], stream[start : start + 64])
+            np.testing.assert_array_equal(batch["targets"][row], stream[start + 1 : start + 65])
+            np.testing.assert_array_equal(batch["labels"][row], labels[start + 1 : start + 65])
+    with pytest.raises(ValueError, match="the probe needs"):
+        probe_batches(corpus / "noisy.jsonl", tokenizer, seq_len=64, batch_rows=4, num_batches=10**5)
+
+
+def test_tokens_to_reach_interpolates_between_evaluations() -> None:
+    curve = [(0, 7.0), (100, 6.0), (200, 5.0), (300, 4.5)]
+    assert tokens_to_reach(curve, 5.5) == pytest.approx(150.0)
+    assert tokens_to_reach(curve, 5.0) == pytest.approx(200.0)
+    assert tokens_to_reach(curve, 4.75) == pytest.approx(250.0)
+    assert tokens_to_reach(curve, 4.0) is None
+    assert tokens_to_reach(curve, 8.0) == 0.0
+
+
+def test_summary_figures() -> None:
+    counts = lambda clean, web: {"clean": {"tokens": 100, "selected": clean}, "web": {"tokens": 50, "selected": web},  # noqa: E731
+                                 "offdomain": {"tokens": 0, "selected": 0}}
+    results = [
+        SeedResult(0, [(0, 7.0), (100, 6.0), (200, 5.0)], [(0, 7.0), (100, 5.0), (200, 4.6)], 0.6,
+                   {0: counts(80, 10), 10: counts(90, 5)}),
+        SeedResult(1, [(0, 7.0), (100, 6.2), (200, 5.2)], [(0, 7.0), (100, 5.4), (200, 5.0)], 0.6,
+                   {0: counts(70, 20), 10: counts(90, 15)}),
+    ]
+    summary = summarize(results)
+    assert [s["slm_minus_clm"] for s in summary["seeds"]] == pytest.approx([-0.4, -0.2])
+    assert summary["slm_minus_clm"]["mean"] == pytest.approx(-0.3)
+    assert summary["slm_minus_clm"]["std"] == pytest.approx(math.sqrt(0.02))
+    # seed 0: 5.0 is reached at 100 + 100 * (5.0 - 5.0) / ... = 100 tokens; seed 1: 5.2 between 5.4 and 5.0 -> 150
+    assert [s["slm_tokens_to_clm_final"] for s in summary["seeds"]] == pytest.approx([100.0, 150.0])
+    assert summary["slm_fraction_of_tokens"]["mean"] == pytest.approx(0.625)
+    assert summary["slm_wins"] == 2
+    assert summary["selection_rates"]["clean"] == pytest.approx((80 + 90 + 70 + 90) / 400)
+    assert summary["selection_rates"]["web"] == pytest.approx((10 + 5 + 20 + 15) / 200)
+    assert summary["selection_by_step"][10]["web"] == pytest.approx(20 / 100)
+    assert math.isnan(summary["selection_rates"]["offdomain"])
+
+
+SHRUNKEN = dict(
+    seeds=(0, 1),
+    configs=str(ROOT / "configs" / "quickstart"),
+    corpus=SMALL,
+    reference_overrides=("train.total_steps=16", "optimizer.warmup_steps=2", "logging.progress_bar=false"),
+    overrides=("train.total_steps=8", "optimizer.warmup_steps=2", "checkpoint.every_tokens=8192", "eval.every_tokens=8192", "eval.max_rows=16",
+               "logging.progress_bar=false"),
+    probe_batches=2,
+)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Settings, dict]:
+    settings = Settings(output=str(tmp_path_factory.mktemp("qs") / "out"), **SHRUNKEN)
+    return settings, run(settings)
+
+
+def test_shrunken_quickstart_writes_a_sane_report(quickstart) -> None:
+    settings, summary = quickstart
+    out = Path(settings.output)
+    for name in ("report.md", "report.json", "heldout_loss.png", "selected_tokens.html", "quickstart.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "heldout_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    assert [s["seed"] for s in report["seeds"]] == [0, 1]
+    log_vocab = math.log(1024)
+    for seed in report["seeds"]:
+        assert seed["tokens"] == 8 * 8 * 256
+        assert 0 < seed["slm_final_loss"] < log_vocab and 0 < seed["clm_final_loss"] < log_vocab
+        assert seed["selected_fraction"] == pytest.approx(0.6, abs=0.002)
+    # Step 0 (initialization) and the checkpoints at steps 4 and 8 were probed.
+    assert list(report["selection_by_step"]) == ["0", "4", "8"]
+    rates = report["selection_rates"]
+    assert rates["web"] < 0.6 < rates["clean"]  # even a 16-step reference tells boilerplate from math
+    markdown = (out / "report.md").read_text()
+    assert "| 0 |" in markdown and "| 1 |" in markdown and "SLM beat CLM on held-out loss in" in markdown
+    page = (out / "selected_tokens.html").read_text()
+    assert page.count('class="doc"') >= 2 and 'class="sel' in page and "mark" in page
+    # The runs are ordinary training runs, resumable with the printed commands.
+    for name in ("reference", "clm-seed0", "slm-seed0", "clm-seed1", "slm-seed1"):
+        assert (out / name / "done.json").is_file()
+    slm_config = (out / "slm-seed1" / "config.yaml").read_text()
+    assert "seed: 1" in slm_config and "ratio: 0.6" in slm_config
+
+
+def test_selection_keeps_exactly_the_ratio_of_each_probe_batch(quickstart) -> None:
+    settings, _ = quickstart
+    from rho_jax.config import load_config
+    from rho_jax.quickstart.probe import selection_counts
+    from rho_jax.quickstart.selection import RunModels
+    from rho_jax.sharding import make_mesh
+
+    run_dir = Path(settings.output) / "slm-seed0"
+    cfg = load_config(run_dir / "config.yaml")
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    batches = probe_batches(Path(settings.output) / "data" / "noisy.jsonl", tokenizer, seq_len=cfg.data.seq_len,
+                            batch_rows=cfg.batch_size, num_batches=1)
+    models = RunModels(cfg, run_dir, make_mesh(cfg.mesh))
+    counts = selection_counts(models.scorer, models.params(8), models.ref_params, batches)
+    valid = int(batches[0]["valid"].sum())
+    assert sum(c["tokens"] for c in counts.values()) == valid
+    assert sum(c["selected"] for c in counts.values()) == math.ceil(0.6 * valid)
+
+
+def test_rerun_with_same_settings_resumes_and_other_settings_are_refused(quickstart, capsys) -> None:
+    settings, summary = quickstart
+    capsys.readouterr()
+    again = run(settings)  # every run is complete: nothing is retrained, the report is the same
+    assert again["seeds"] == summary["seeds"]
+    assert capsys.readouterr().err.count("is already complete") == 5
+    changed = Settings(**{**settings.__dict__, "seeds": (0, 1, 2)})
+    with pytest.raises(QuickstartError, match=r"seeds: \[0, 1\] -> \[0, 1, 2\]"):
+        run(changed)
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
+    assert cli.main(["--output", str(tmp_path / "a"), "--corpus", "colour=3"]) == 2
+    assert "expected FIELD=VALUE with FIELD one of" in capsys.readouterr().err
+    assert cli.main(["--output", str(tmp_path / "b"), "--corpus", "noisy_docs=many"]) == 2
+    assert "'many' is not a int" in capsys.readouterr().err
+    assert cli.main(["--output", str(tmp_path / "c"), "--seeds", "1", "1"]) == 2
+    assert "--seeds must be distinct" in capsys.readouterr().err
+    assert cli.main(["--output", str(tmp_path / "d"), "--configs", str(ROOT / "configs" / "quickstart"),
+                     "--override", "train.bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "unrelated.txt").write_text("keep me")
+    assert cli.main(["--output", str(tmp_path / "e")]) == 2
+    assert "non-empty directory" in capsys.readouterr().err
+    assert (tmp_path / "e" / "unrelated.txt").read_text() == "keep me"
