@@ -165,10 +165,16 @@ def load_checkpoint_params(checkpoint_dir: str | Path, abstract_params: nnx.Stat
     return _params_state(abstract_params, restored)
 
 
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of the checkpoint directories `<run>/checkpoints/<step>`, ascending."""
+    directory = Path(run_dir) / CHECKPOINTS_DIR
+    return sorted(int(p.name) for p in directory.glob("*") if p.is_dir() and p.name.isdigit()) if directory.is_dir() else []
+
+
 def latest_checkpoint_dir(run_dir: str | Path) -> Path:
     """`<run>/checkpoints/<newest step>`; a clear error if the run has none."""
     directory = Path(run_dir) / CHECKPOINTS_DIR
-    steps = sorted(int(p.name) for p in directory.glob("*") if p.is_dir() and p.name.isdigit()) if directory.is_dir() else []
+    steps = checkpoint_steps(run_dir)
     if not steps:
         raise FileNotFoundError(f"{run_dir} has no completed checkpoint under {CHECKPOINTS_DIR}/.")
     return directory / str(steps[-1])

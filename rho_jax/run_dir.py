@@ -39,6 +39,12 @@ RESUMABLE_CHANGES = ("output_dir", "logging.", "checkpoint.keep_last", "checkpoi
                      "eval.")
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a run's JSON-lines file (metrics.jsonl, eval.jsonl), blank lines skipped."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / RUN_MARKER).is_file()
 

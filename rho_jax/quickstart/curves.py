@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from rho_jax.run_dir import EVAL_FILE
+from rho_jax.run_dir import EVAL_FILE, read_jsonl
 
 Curve = list[tuple[int, float]]  # (tokens trained, held-out loss), by tokens
 
@@ -15,9 +14,7 @@ def heldout_curve(run_dir: str | Path, eval_set: str = "heldout") -> Curve:
     path = Path(run_dir) / EVAL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run has not evaluated {eval_set!r}.")
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    curve = sorted((r["tokens"], r["loss"]) for r in records if r["set"] == eval_set)
+    curve = sorted((r["tokens"], r["loss"]) for r in read_jsonl(path) if r["set"] == eval_set)
     if not curve:
         raise ValueError(f"{path} has no evaluation of the set {eval_set!r}.")
     return curve

@@ -26,7 +26,7 @@ from rho_jax.quickstart.curves import heldout_curve
 from rho_jax.quickstart.probe import LABELS, probe_batches
 from rho_jax.quickstart.report import SeedResult, write_report
 from rho_jax.quickstart.selection import RunModels, documents_for_display, selection_by_step
-from rho_jax.run_dir import CONFIG_FILE, METRICS_FILE
+from rho_jax.run_dir import CONFIG_FILE, METRICS_FILE, read_jsonl
 from rho_jax.sharding import make_mesh
 from rho_jax.token_html import render_token_html
 
@@ -54,9 +54,8 @@ class Settings:
     probe_batches: int = 4
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {**data, "seeds": list(self.seeds), "reference_overrides": list(self.reference_overrides),
-                "overrides": list(self.overrides)}
+        """The settings as JSON data (tuples become lists), as stored in quickstart.json."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +80,7 @@ def check_output(settings: Settings) -> Path:
     settings_file = out / SETTINGS_FILE
     if settings_file.is_file():
         old = json.loads(settings_file.read_text())
-        new = json.loads(json.dumps(settings.to_json()))
+        new = settings.to_json()
         changed = [f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in new if old.get(key) != new[key]]
         if changed:
             raise QuickstartError(
@@ -135,8 +134,7 @@ def train_run(plan: RunPlan, index: int, total: int) -> None:
 
 
 def mean_selected_fraction(run_dir: Path) -> float:
-    with open(run_dir / METRICS_FILE) as f:
-        return statistics.fmean(json.loads(line)["selected_fraction"] for line in f if line.strip())
+    return statistics.fmean(record["selected_fraction"] for record in read_jsonl(run_dir / METRICS_FILE))
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -155,11 +153,12 @@ def run(settings: Settings) -> dict[str, Any]:
 
     print(f"\n==> [{total}/{total}] report: selection on the labelled probe, curves, token page", flush=True)
     tokenizer = load_tokenizer(str(data / "tokenizer"))
+    first = load_config(pairs[0][2].output_dir / CONFIG_FILE)  # every SLM run has this seq_len and batch size
+    probe = probe_batches(data / "noisy.jsonl", tokenizer, seq_len=first.data.seq_len, batch_rows=first.batch_size,
+                          num_batches=settings.probe_batches)
     results, display = [], None
     for seed, clm, slm in pairs:
         cfg = load_config(slm.output_dir / CONFIG_FILE)
-        probe = probe_batches(data / "noisy.jsonl", tokenizer, seq_len=cfg.data.seq_len, batch_rows=cfg.batch_size,
-                              num_batches=settings.probe_batches)
         models = RunModels(cfg, slm.output_dir, make_mesh(cfg.mesh))
         selection = selection_by_step(models, probe)
         results.append(SeedResult(seed, heldout_curve(clm.output_dir), heldout_curve(slm.output_dir),

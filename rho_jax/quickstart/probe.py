@@ -20,8 +20,9 @@ from flax import nnx
 from rho_jax.batch import batch_from_tokens
 from rho_jax.data.packing import pack_documents
 from rho_jax.data.tokenizer import encode_document
+from rho_jax.quickstart.corpus import NOISE_KINDS
 
-LABELS = ("clean", "web", "offdomain")
+LABELS = ("clean", *NOISE_KINDS)
 
 
 def labelled_document(tokenizer: transformers.PreTrainedTokenizerBase, record: dict) -> dict[str, np.ndarray]:

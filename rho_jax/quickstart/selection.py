@@ -8,7 +8,7 @@ import numpy as np
 import transformers
 from jax.sharding import Mesh
 
-from rho_jax.checkpoint import CHECKPOINTS_DIR, load_checkpoint_params
+from rho_jax.checkpoint import CHECKPOINTS_DIR, checkpoint_steps, load_checkpoint_params
 from rho_jax.config import TrainConfig
 from rho_jax.model_source import load_params, model_graph, read_model_config
 from rho_jax.quickstart.probe import LABELS, selection_counts
@@ -30,8 +30,7 @@ class RunModels:
         self.scorer = build_token_scorer(self.graphdef, ref_graphdef, cfg.slm)
 
     def saved_steps(self) -> list[int]:
-        directory = self.run_dir / CHECKPOINTS_DIR
-        return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+        return checkpoint_steps(self.run_dir)
 
     def params(self, step: int):
         """Parameters at `step`: 0 is the initialization (re-created from the run's seed), others a checkpoint."""
