@@ -4,7 +4,11 @@ Layout: `<run>/checkpoints/<step>/` with four orbax items
     params     `{param_path: array}` (same tree as a rho_jax model directory's `params/`)
     opt_state  the optax state
     progress   JSON: step, tokens seen, seed
-    data       the grain iterator state of every process (one JSON file per process)
+    data       the grain iterator state of every process (one JSON file per process); only for data
+               whose position is per process (raw documents; prepared rows resume from `step`)
+Every process takes part in each save and restore: it writes and reads its own shards of the
+arrays (orbax multi-host), which therefore need a directory that all processes share. Arrays are
+restored into the shardings of the current mesh, whatever mesh saved them.
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
 interrupted by a kill never looks complete. On resume the newest checkpoint that restores is used;
 one that fails to restore (e.g. truncated by hand or by a full disk) is moved, with a warning, to
@@ -25,7 +29,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rho_jax.config import CheckpointConfig
+from rho_jax.config import CheckpointConfig, ConfigError
+from rho_jax.distributed import barrier, is_primary
 from rho_jax.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -102,30 +107,50 @@ class Checkpointer:
         for path in incomplete_saves(self.directory):
             log.warning("Skipping %s: a checkpoint save that never completed (left in place, not loaded).", path)
 
-    def save(self, state: TrainState, progress: dict[str, Any], data_iterator: Any) -> None:
-        """Start saving (returns once arrays are copied off the devices; files are written in the background)."""
+    def save(self, state: TrainState, progress: dict[str, Any], data_iterator: Any | None) -> None:
+        """Start saving (returns once arrays are copied off the devices; files are written in the
+        background). `data_iterator`: the stream whose state to save, None when `progress` locates it."""
         step = int(progress["step"])
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, force=True, args=ocp.args.Composite(
+        items = dict(
             params=ocp.args.StandardSave(nnx.to_pure_dict(state.params)),
             opt_state=ocp.args.StandardSave(state.opt_state),
             progress=ocp.args.JsonSave(progress),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-        ))
+        )
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(step, force=True, args=ocp.args.Composite(**items))
+
+    def _check_data_state(self, step: int) -> None:
+        """The checkpoint must hold this process's data-iterator state; a different process count is
+        a clear error (not an unreadable checkpoint to move aside)."""
+        directory = self.directory / str(step) / "data"
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        saved = sorted(p.name for p in directory.glob("process_*-of-*.json"))
+        if saved and name not in saved:
+            raise ConfigError(
+                f"checkpoint {self.directory / str(step)} was saved by {len(saved)} process(es) reading raw documents "
+                f"({', '.join(saved)}), whose position in the data is per process; this run has "
+                f"{jax.process_count()}. Resume with {len(saved)} process(es), or train from prepared rows "
+                "(python -m rho_jax.data.prepare), whose position does not depend on the number of processes."
+            )
 
     def restore_latest(self, state_shardings: TrainState, abstract_params: nnx.State, abstract_opt_state: Any,
-                       data_iterator: Any) -> tuple[TrainState, dict[str, Any]] | None:
-        """(state, progress) of the newest readable checkpoint, with `data_iterator` set to its
-        position; None if there is no checkpoint. Unreadable checkpoints are moved aside."""
+                       data_iterator: Any | None) -> tuple[TrainState, dict[str, Any]] | None:
+        """(state, progress) of the newest readable checkpoint, with `data_iterator` (if not None) set
+        to its position; None if there is no checkpoint. Unreadable checkpoints are moved aside."""
         for step in sorted(self.manager.all_steps(), reverse=True):
+            items = dict(
+                params=ocp.args.StandardRestore(_params_target(abstract_params, state_shardings.params)),
+                opt_state=ocp.args.StandardRestore(_abstract(abstract_opt_state, state_shardings.opt_state)),
+                progress=ocp.args.JsonRestore(),
+            )
+            if data_iterator is not None:
+                self._check_data_state(step)
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(_params_target(abstract_params, state_shardings.params)),
-                    opt_state=ocp.args.StandardRestore(_abstract(abstract_opt_state, state_shardings.opt_state)),
-                    progress=ocp.args.JsonRestore(),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator),
-                ))
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as err:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 self._set_aside(step, err)
                 continue
@@ -140,9 +165,11 @@ class Checkpointer:
         target = self.run_dir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         log.warning("Checkpoint %s cannot be restored (%s: %s); moving it to %s and trying an older one.",
                     source, type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "", target)
-        if jax.process_index() == 0:
+        barrier(f"checkpoint-{step}-unreadable")
+        if is_primary():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(source), str(target))
+        barrier(f"checkpoint-{step}-moved")
         self.manager.reload()
 
     def latest_step(self) -> int | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -60,7 +61,7 @@ def check_output_dir(cfg: TrainConfig) -> Path:
         raise ConfigError(f"output_dir {path} exists and is not a directory.")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
+        probe = path / f".write-test-{socket.gethostname()}-{os.getpid()}"  # unique across hosts sharing it
         probe.write_text("")
         probe.unlink()
     except OSError as err:

@@ -6,6 +6,12 @@ Everything that can be wrong with the config, the data, the models or the output
 checked before anything is compiled. Rerunning the same command resumes from the newest complete
 checkpoint. SIGTERM (preemption) or Ctrl-C saves a checkpoint after the current step and exits.
 A NaN/Inf loss stops the run without saving; the last good checkpoint stays as it was.
+
+On several processes (hosts) every process runs this same command; the cluster is detected from
+SLURM or the TPU VM, or given with --coordinator_address/--num_processes/--process_id
+(`rho_jax.distributed`). All processes read their share of the data and take part in checkpoint
+saves; only process 0 writes the run's other files and prints progress. A stop signal reaching any
+process stops them all after the same step.
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ from jax.sharding import Mesh
 from rho_jax.batch import BATCH_KEYS
 from rho_jax.checkpoint import Checkpointer, interval_crossed
 from rho_jax.config import ConfigError, TrainConfig, load_config
-from rho_jax.data import eval_batches, load_tokenizer, to_global_batch, tokenizer_fingerprint, train_dataset
+from rho_jax.data import (
+    eval_batches,
+    load_tokenizer,
+    positioned_by_step,
+    to_global_batch,
+    tokenizer_fingerprint,
+    train_dataset,
+)
+from rho_jax.distributed import ClusterError, add_cluster_arguments, any_process, barrier, detect_cluster, initialize, is_primary
 from rho_jax.evaluate import build_eval_step, evaluate
 from rho_jax.model_source import load_params, model_graph, read_model_config, tokenizer_dir
 from rho_jax.models import ModelConfig
@@ -88,8 +102,17 @@ def check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
             f"{cfg.train.accumulation_steps}), not divisible by the {shards} batch shards of the mesh "
             f"(data x fsdp = {dict(mesh.shape)})."
         )
-    if cfg.batch_size % jax.process_count():
-        raise ConfigError(f"batch of {cfg.batch_size} sequences is not divisible by {jax.process_count()} processes.")
+    processes = jax.process_count()
+    if cfg.batch_size % processes:
+        raise ConfigError(f"batch of {cfg.batch_size} sequences is not divisible by {processes} processes.")
+    local_rows = {row for index in batch_sharding(mesh).addressable_devices_indices_map((micro, 1)).values()
+                  for row in range(micro)[index[0]]}
+    if len(local_rows) * processes != micro:
+        raise ConfigError(
+            f"with mesh {dict(mesh.shape)} each process would hold {len(local_rows)} of the {micro} sequences of a "
+            f"micro-batch instead of 1/{processes} of them: the tensor axis must not span processes "
+            f"(it has {mesh.shape['tensor']} devices, a process {jax.local_device_count()})."
+        )
 
 
 @dataclasses.dataclass
@@ -104,6 +127,7 @@ class Trainer:
     step_fn: Any
     ref_params: Any
     data_iterator: Any
+    data_by_step: bool  # the data position is the step (prepared rows), not the iterator's state
     checkpointer: Checkpointer
     eval_step: Any
     eval_sets: dict[str, list[dict[str, np.ndarray]]]
@@ -113,21 +137,28 @@ class Trainer:
     @classmethod
     def setup(cls, cfg: TrainConfig) -> Trainer:
         run_dir = check_output_dir(cfg)
+        barrier("output-dir-checked")  # before process 0 writes into it
         tokenizer = load_tokenizer(cfg.data.tokenizer)
         model_config, reference_config = check_models(cfg, tokenizer)
         mesh = make_mesh(cfg.mesh)
         check_batch(cfg, mesh)
         process, processes = jax.process_index(), jax.process_count()
-        data_iterator = iter(train_dataset(cfg.data, tokenizer, batch_rows=cfg.batch_size // processes,
-                                           process_index=process, process_count=processes))
+        by_step = positioned_by_step(cfg.data)
+
+        def data_from(start_batch: int) -> Any:
+            return iter(train_dataset(cfg.data, tokenizer, batch_rows=cfg.batch_size // processes,
+                                      process_index=process, process_count=processes, start_batch=start_batch))
+
+        data_iterator = data_from(0)
         eval_rows = cfg.eval.batch_size or cfg.batch_size
         eval_sets = {
             name: eval_batches(source, tokenizer, seq_len=cfg.data.seq_len, global_batch_rows=eval_rows,
                                max_rows=cfg.eval.max_rows, process_index=process, process_count=processes)
             for name, source in cfg.eval.sets.items()
         }
-        if process == 0:
+        if is_primary():
             initialize_run_dir(run_dir, cfg, model_config, cfg.data.tokenizer)
+        barrier("run-dir-initialized")
 
         graphdef, abstract_params = model_graph(model_config, cfg.model)
         optimizer_config = cfg.optimizer_config()
@@ -135,10 +166,12 @@ class Trainer:
         shardings = state_shardings(abstract_params, optimizer, mesh)
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, cfg.tokens_per_step, cfg.total_steps)
         restored = checkpointer.restore_latest(shardings, abstract_params, jax.eval_shape(optimizer.init, abstract_params),
-                                               data_iterator)
+                                               None if by_step else data_iterator)
         if restored is not None:
             state, progress = restored
             tokens = int(progress["tokens"])
+            if by_step:
+                data_iterator = data_from(int(progress["step"]))
         else:
             params = load_params(cfg.model, model_config, abstract_params, mesh, cfg.train.seed)
             state, tokens = new_train_state(params, optimizer, shardings), 0
@@ -153,7 +186,7 @@ class Trainer:
         step_fn = jit_train_step(step, shardings, ref_shardings, mesh, BATCH_KEYS)
         eval_step = build_eval_step(graphdef, shardings.params, mesh, cfg.slm.ce_chunk_size) if eval_sets else None
         return cls(cfg=cfg, run_dir=run_dir, mesh=mesh, state=state, tokens=tokens, step_fn=step_fn,
-                   ref_params=ref_params, data_iterator=data_iterator, checkpointer=checkpointer,
+                   ref_params=ref_params, data_iterator=data_iterator, data_by_step=by_step, checkpointer=checkpointer,
                    eval_step=eval_step, eval_sets=eval_sets, resumed=restored is not None)
 
     @property
@@ -166,7 +199,7 @@ class Trainer:
 
     def _save(self) -> None:
         progress = {"step": self.step, "tokens": self.tokens, "seed": self.cfg.train.seed}
-        self.checkpointer.save(self.state, progress, self.data_iterator)
+        self.checkpointer.save(self.state, progress, None if self.data_by_step else self.data_iterator)
 
     def _evaluate(self, log_: TrainLog) -> None:
         results = {name: evaluate(self.eval_step, self.state.params, batches, self.mesh)
@@ -195,7 +228,7 @@ class Trainer:
         total_tokens = cfg.total_steps * cfg.tokens_per_step
         log_ = TrainLog(self.run_dir, total_tokens=total_tokens, start_step=self.step if self.resumed else -1, start_tokens=self.tokens,
                         every_steps=cfg.logging.every_steps, progress_bar=cfg.logging.progress_bar,
-                        tensorboard=cfg.logging.tensorboard, enabled=jax.process_index() == 0)
+                        tensorboard=cfg.logging.tensorboard, enabled=is_primary())
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.step >= cfg.total_steps:
@@ -212,7 +245,7 @@ class Trainer:
                 return 0
             if self.eval_sets:
                 self._evaluate(log_)
-            if jax.process_index() == 0:
+            if is_primary():
                 (self.run_dir / DONE_FILE).write_text(json.dumps({"step": self.step, "tokens": self.tokens}) + "\n")
             log_.message(f"Done: {self.step} steps, {self.tokens:,} tokens. Checkpoints in {self.checkpointer.directory}")
             return 0
@@ -222,11 +255,18 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _stop_agreed(self) -> bool:
+        """Whether any process has received a stop signal (so that all stop after the same step)."""
+        stopping = any_process(self.stop_signal is not None)
+        if stopping and self.stop_signal is None:
+            self.stop_signal = "a stop signal on another process"
+        return stopping
+
     def _loop(self, log_: TrainLog) -> None:
         cfg = self.cfg
         sharding = batch_sharding(self.mesh)
         clock = time.perf_counter()
-        while self.step < cfg.total_steps and self.stop_signal is None:
+        while self.step < cfg.total_steps:
             batch = to_global_batch(next(self.data_iterator), sharding)
             self.state, metrics = self.step_fn(self.state, batch, self.ref_params)
             before, self.tokens = self.tokens, self.tokens + cfg.tokens_per_step
@@ -235,8 +275,11 @@ class Trainer:
             log_.step(self._record(metrics, step, self.tokens, now - clock))
             clock = now
             last = step >= cfg.total_steps
-            if last or self.stop_signal is not None or interval_crossed(before, self.tokens, cfg.checkpoint.every_tokens):
+            stopping = self._stop_agreed()
+            if last or stopping or interval_crossed(before, self.tokens, cfg.checkpoint.every_tokens):
                 self._save()
+            if stopping:
+                break
             if self.eval_sets and cfg.eval.every_tokens and not last and interval_crossed(
                     before, self.tokens, cfg.eval.every_tokens):
                 self._evaluate(log_)
@@ -247,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML run configuration (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="override any config field, e.g. train.total_steps=100 slm.ratio=0.7")
+    add_cluster_arguments(parser)
     return parser
 
 
@@ -255,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
+        initialize(detect_cluster(args))
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer.setup(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ClusterError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

@@ -4,7 +4,7 @@
 """
 
 from rho_jax.data.config import DataConfig, SourceConfig
-from rho_jax.data.pipeline import eval_batches, to_global_batch, train_dataset
+from rho_jax.data.pipeline import eval_batches, positioned_by_step, to_global_batch, train_dataset
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "load_tokenizer",
     "tokenizer_fingerprint",
     "train_dataset",
+    "positioned_by_step",
     "eval_batches",
     "to_global_batch",
 ]

@@ -24,7 +24,7 @@ Row = dict[str, np.ndarray]
 # Items are read and tokenized in the iterating thread; parallelism comes from grain worker processes
 # (`num_workers`). grain's prefetch threads would cost O(buffer size) per item on every `next` (grain
 # 0.2.18 scans its whole ready buffer), ~3 ms per document at the default buffer of 500.
-_READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 def _row(packed: dict[str, np.ndarray], extra_fields: tuple[str, ...] = ()) -> Row:
@@ -84,5 +84,5 @@ def source_rows(
     """
     items = order(grain.MapDataset.source(source))
     if isinstance(source, PackedRowSource):
-        return items.to_iter_dataset(_READ_OPTIONS)
-    return pack_documents(items.map(functools.partial(_encode, tokenizer)).to_iter_dataset(_READ_OPTIONS), row_len)
+        return items.to_iter_dataset(READ_OPTIONS)
+    return pack_documents(items.map(functools.partial(_encode, tokenizer)).to_iter_dataset(READ_OPTIONS), row_len)

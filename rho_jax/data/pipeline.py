@@ -1,9 +1,16 @@
 """The training stream and the held-out evaluation batches, per process, and their global arrays.
 
-Training: per source, items are shuffled anew every epoch, repeated forever and split into
-disjoint per-process shares; documents are tokenized and packed (prepared rows are used as they
-are); sources are mixed by weight at the level of packed rows; rows are batched into model batches
-`{"input_ids", "targets", "valid", "segment_ids"}`, each `[batch_rows, seq_len]`.
+Training: per source, items are shuffled anew every epoch and repeated forever; sources are mixed
+by weight at the level of packed rows; rows are batched into model batches
+`{"input_ids", "targets", "valid", "segment_ids"}`, each `[batch_rows, seq_len]`. How the work is
+split between processes depends on the sources:
+- all prepared rows (`python -m rho_jax.data.prepare`): every process sees the same global order of
+  rows and reads only its slice of each global batch. The global batches are the same for any
+  number of processes, and the position in the stream is just the number of batches taken
+  (`positioned_by_step`), so a run can resume on a different number of processes.
+- any raw documents: each process tokenizes and packs its own share of the documents (no work is
+  repeated), so what a global batch holds depends on the number of processes, and the position is
+  per process (the iterator's state, saved in every checkpoint).
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ import transformers
 from rho_jax.batch import batch_from_tokens
 from rho_jax.data import prepared
 from rho_jax.data.config import DataConfig, SourceConfig
-from rho_jax.data.packing import Row, source_rows
-from rho_jax.data.sources import DocumentSource, PackedRowSource, open_source
+from rho_jax.data.packing import READ_OPTIONS, Row, source_rows
+from rho_jax.data.sources import DocumentSource, PackedRowSource, open_source, resolve_paths, source_format
 from rho_jax.data.tokenizer import check_tokenizer, tokenizer_fingerprint
 
 
@@ -55,6 +62,45 @@ def _model_batch(rows: Row) -> dict[str, np.ndarray]:
     return batch_from_tokens(rows["tokens"], rows["segment_ids"], rows["loss_mask"])
 
 
+def positioned_by_step(cfg: DataConfig) -> bool:
+    """True when every source is prepared rows: the training stream's global batches do not depend
+    on the number of processes and `train_dataset(..., start_batch=n)` resumes it after n batches."""
+    return all(source_format(source, resolve_paths(source)) == "arrayrecord" for source in cfg.sources)
+
+
+def _prepared_batches(
+    sources: list[PackedRowSource], cfg: DataConfig, batch_rows: int, process_index: int, process_count: int
+) -> grain.MapDataset:
+    """Global batch j is rows `[j*G, (j+1)*G)` of the mixture, `G = batch_rows * process_count`;
+    this process's batch j is rows `[process_index*batch_rows, (process_index+1)*batch_rows)` of it."""
+    per_source = [training_order(grain.MapDataset.source(source), seed=cfg.seed + i, process_index=0, process_count=1)
+                  for i, source in enumerate(sources)]
+    rows = per_source[0] if len(per_source) == 1 else grain.MapDataset.mix(per_source, [s.weight for s in cfg.sources])
+    # An endless MapDataset has length sys.maxsize, which grain's batch cannot count; 2**62 rows is
+    # still more than any run reads.
+    return rows[: 2**62].batch(batch_rows)[process_index::process_count].map(_model_batch)
+
+
+def _document_batches(
+    sources: list[DocumentSource | PackedRowSource], cfg: DataConfig, tokenizer: transformers.PreTrainedTokenizerBase,
+    batch_rows: int, process_index: int, process_count: int,
+) -> grain.IterDataset:
+    """Batches packed from this process's share of every source's items."""
+    per_source = [
+        source_rows(
+            source,
+            tokenizer,
+            cfg.seq_len + 1,
+            functools.partial(
+                training_order, seed=cfg.seed + i, process_index=process_index, process_count=process_count
+            ),
+        )
+        for i, source in enumerate(sources)
+    ]
+    rows = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(per_source, [s.weight for s in cfg.sources])
+    return rows.batch(batch_rows).map(_model_batch)
+
+
 def train_dataset(
     cfg: DataConfig,
     tokenizer: transformers.PreTrainedTokenizerBase,
@@ -62,31 +108,29 @@ def train_dataset(
     batch_rows: int,
     process_index: int = 0,
     process_count: int = 1,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
     """The infinite training stream of this process: its share of every global batch.
 
     Yields `{"input_ids": int32, "targets": int32, "valid": bool, "segment_ids": int32}`, each
     `[batch_rows, cfg.seq_len]`. Deterministic for (cfg, process_index, process_count); its iterator
-    supports `get_state()`/`set_state()` for exact resume. Sources are opened and checked here, so
-    missing files, unknown formats and stale prepared data fail before training starts.
+    supports `get_state()`/`set_state()` for exact resume. `start_batch` skips that many batches
+    (only where `positioned_by_step`). Sources are opened and checked here, so missing files,
+    unknown formats and stale prepared data fail before training starts.
     """
     _check_process(process_index, process_count)
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}.")
     check_tokenizer(tokenizer, tokenizer.name_or_path)
-    per_source = [
-        source_rows(
-            _open_checked(source, tokenizer, cfg.seq_len),
-            tokenizer,
-            cfg.seq_len + 1,
-            functools.partial(
-                training_order, seed=cfg.seed + i, process_index=process_index, process_count=process_count
-            ),
-        )
-        for i, source in enumerate(cfg.sources)
-    ]
-    rows = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(per_source, [s.weight for s in cfg.sources])
-    batches = rows.batch(batch_rows).map(_model_batch)
+    sources = [_open_checked(source, tokenizer, cfg.seq_len) for source in cfg.sources]
+    if all(isinstance(source, PackedRowSource) for source in sources):
+        prepared_batches = _prepared_batches(sources, cfg, batch_rows, process_index, process_count)
+        batches = prepared_batches[start_batch:].to_iter_dataset(READ_OPTIONS)
+    elif start_batch:
+        raise ValueError("start_batch needs prepared sources only; a stream over raw documents resumes from its "
+                         "iterator state.")
+    else:
+        batches = _document_batches(sources, cfg, tokenizer, batch_rows, process_index, process_count)
     if cfg.num_workers > 0:
         # grain workers read absl flags, which raise unless parsed; rho_jax does not use absl's parser.
         if not absl.flags.FLAGS.is_parsed():
