@@ -7,11 +7,14 @@ on 4 devices or on 2 processes with the losses of the uninterrupted run (reshard
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -22,6 +25,7 @@ from flax import nnx
 
 from rho_jax.config import ModelSource
 from rho_jax.data.prepare import main as prepare
+from rho_jax.distributed import Cluster, ClusterError, add_cluster_arguments, detect_cluster
 from rho_jax.model_source import load_model
 from rho_jax.run_dir import read_jsonl
 from rho_jax.sharding import make_mesh
@@ -39,25 +43,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(config: Path, processes: int, devices: int, timeout: float = 300) -> list[tuple[int, str]]:
-    """Run `python -m rho_jax.train --config config` as `processes` processes of one cluster, each
-    with `devices` CPU devices; (exit code, output) of each."""
+def start_processes(config: Path, processes: int, devices: int) -> list[subprocess.Popen]:
+    """Start `python -m rho_jax.train --config config` as the `processes` processes of one cluster,
+    each with `devices` CPU devices (a single process is started without cluster flags)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     command = [sys.executable, "-m", "rho_jax.train", "--config", str(config)]
     if processes > 1:
         command += ["--coordinator_address", f"127.0.0.1:{free_port()}", "--num_processes", str(processes)]
-    started = [subprocess.Popen(command + (["--process_id", str(i)] if processes > 1 else []), cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(processes)]
-    results = []
+    return [subprocess.Popen(command + (["--process_id", str(i)] if processes > 1 else []), cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(processes)]
+
+
+def finish(started: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+    """(exit code, output) of each started process (all are killed if one times out)."""
     try:
-        for process in started:
-            output, _ = process.communicate(timeout=timeout)
-            results.append((process.returncode, output))
+        outputs = [process.communicate(timeout=timeout)[0] for process in started]
     finally:
         for process in started:
             process.kill()
-    return results
+    return [(process.returncode, output) for process, output in zip(started, outputs)]
+
+
+def run_processes(config: Path, processes: int, devices: int) -> list[tuple[int, str]]:
+    return finish(start_processes(config, processes, devices))
 
 
 def assert_succeeded(results: list[tuple[int, str]]) -> None:
@@ -141,3 +150,62 @@ def test_raw_document_runs_resume_only_on_the_same_process_count(cluster_runs):
         assert "was saved by 1 process(es) reading raw documents" in output
         assert "Resume with 1 process(es), or train from prepared rows" in output
     assert checkpoint_steps(tmp / "reference-copy") == checkpoint_steps(tmp / "reference")  # nothing moved aside
+
+
+def test_a_stop_signal_on_one_process_stops_all_after_the_same_step(cluster_runs):
+    tmp, config = cluster_runs
+    run = tmp / "slm-sigterm"
+    started = start_processes(config("slm-sigterm"), processes=2, devices=4)
+    deadline = time.time() + 240
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
+        if time.time() > deadline or any(p.poll() is not None for p in started):
+            finish(started, timeout=1)
+            pytest.fail("the two-process run did not start training")
+        time.sleep(0.05)
+    started[1].send_signal(signal.SIGTERM)  # a preemption notice on one worker only
+    results = finish(started)
+    assert [code for code, _ in results] == [0, 0], results
+    stopped_at = len(read_jsonl(run / "metrics.jsonl"))
+    assert stopped_at < 8 and checkpoint_steps(run)[-1] == stopped_at
+    assert f"a stop signal on another process: saved a checkpoint at step {stopped_at}" in results[0][1]
+
+
+@pytest.mark.parametrize("argv, environ, expected", [
+    ([], {}, None),
+    (["--coordinator_address", "10.0.0.1:1234", "--num_processes", "4", "--process_id", "3"], {},
+     Cluster("explicit settings", "10.0.0.1:1234", 4, 3)),
+    ([], {"JAX_COORDINATOR_ADDRESS": "h:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     Cluster("explicit settings", "h:9", 2, 0)),
+    (["--process_id", "1"], {"JAX_COORDINATOR_ADDRESS": "h:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     Cluster("explicit settings", "h:9", 2, 1)),  # a flag wins over its variable
+    (["--coordinator_address", "h:9", "--num_processes", "1", "--process_id", "0"], {}, None),
+    ([], {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-4]", "SLURM_NTASKS": "4", "SLURM_PROCID": "2",
+          "SLURM_LOCALID": "0"}, Cluster("SLURM (job 7, 4 tasks)")),
+    ([], {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+          "SLURM_LOCALID": "0"}, None),  # one task: a single process
+    ([], {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),  # the batch script itself, outside srun
+    ([], {"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3"}, Cluster("Cloud TPU slice (4 workers)")),
+    ([], {"TPU_WORKER_HOSTNAMES": "t-0"}, None),
+])
+def test_cluster_detection(argv, environ, expected):
+    parser = argparse.ArgumentParser()
+    add_cluster_arguments(parser)
+    assert detect_cluster(parser.parse_args(argv), environ, fetch=lambda url: None) == expected
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    (["--num_processes", "2"], {}, r"missing --coordinator_address \(JAX_COORDINATOR_ADDRESS\), --process_id"),
+    (["--coordinator_address", "h:9", "--num_processes", "2", "--process_id", "2"], {}, "0 <= process_id < num_proc"),
+    (["--coordinator_address", "h", "--num_processes", "2", "--process_id", "0"], {}, "must be HOST:PORT, got 'h'"),
+    ([], {"JAX_COORDINATOR_ADDRESS": "h:9", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"}, "must be integers"),
+])
+def test_incomplete_cluster_settings_are_refused(argv, environ, message):
+    parser = argparse.ArgumentParser()
+    add_cluster_arguments(parser)
+    with pytest.raises(ClusterError, match=message):
+        detect_cluster(parser.parse_args(argv), environ, fetch=lambda url: None)
+
+
+def test_cluster_errors_are_reported_by_the_cli(capsys):
+    assert main(["--config", "unused.yaml", "--num_processes", "2"]) == 2
+    assert "error: a multi-process run needs all of --coordinator_address" in capsys.readouterr().err
