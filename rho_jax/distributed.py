@@ -9,8 +9,11 @@ A run is multi-process when (checked in this order):
     3. it runs on a worker of a multi-host Cloud TPU slice (a TPU VM whose slice lists more than one
        worker, from TPU_WORKER_HOSTNAMES or the VM's metadata server).
 Otherwise nothing is started and the run is a single process with all local devices. For 2 and 3,
-JAX finds the coordinator, process count and id itself (`jax.distributed.initialize()`).
-On CPU the processes exchange data with gloo collectives.
+JAX finds the coordinator, process count and id itself (`jax.distributed.initialize()`). Under
+SLURM a process drives the GPUs bound to its task (CUDA_VISIBLE_DEVICES), else with one task per
+node all of the node's GPUs (SLURM_GPUS_ON_NODE), else the GPU of its local rank (JAX's default);
+`JAX_LOCAL_DEVICE_IDS` overrides all of this. On CPU the processes exchange data with gloo
+collectives.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ class ClusterError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Cluster:
     """How to start the distributed runtime. `coordinator_address`, `num_processes` and `process_id`
-    are set for an explicit cluster and None where JAX detects them (`detected_by` says from what)."""
+    are set for an explicit cluster and None where JAX detects them (`detected_by` says from what);
+    `local_device_ids`: the accelerators this process drives (None: JAX's choice)."""
 
     detected_by: str
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +87,26 @@ def _explicit_cluster(args: argparse.Namespace, environ: Mapping[str, str]) -> C
     return Cluster("explicit settings", address, num_processes, process_id)
 
 
+def _slurm_cluster(environ: Mapping[str, str]) -> Cluster | None:
+    if not all(v in environ for v in SLURM_VARIABLES) or not environ["SLURM_NTASKS"].isdigit():
+        return None
+    tasks = int(environ["SLURM_NTASKS"])
+    if tasks < 2:
+        return None
+    nodes = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or tasks)
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    gpus_on_node = int(environ.get("SLURM_GPUS_ON_NODE") or 0)
+    local_device_ids = None
+    if "JAX_LOCAL_DEVICE_IDS" in environ:
+        pass  # JAX reads it
+    elif visible:  # SLURM bound GPUs to the task: drive all of them (ids count from 0 after the binding)
+        local_device_ids = tuple(range(len(visible)))
+    elif tasks == nodes and gpus_on_node:  # one task per node drives all of the node's GPUs
+        local_device_ids = tuple(range(gpus_on_node))
+    return Cluster(f"SLURM (job {environ['SLURM_JOB_ID']}, {tasks} tasks on {nodes} nodes)",
+                   local_device_ids=local_device_ids)
+
+
 def _tpu_vm_worker_count(environ: Mapping[str, str], fetch: Callable[[str], str | None]) -> int:
     """Workers of this Cloud TPU slice (0 when this is not a TPU VM)."""
     has_tpu_devices = Path("/dev/accel0").exists() or Path("/dev/vfio").is_dir()
@@ -108,8 +133,9 @@ def detect_cluster(args: argparse.Namespace, environ: Mapping[str, str] = os.env
     explicit = _explicit_cluster(args, environ)
     if explicit is not None:
         return explicit if explicit.num_processes > 1 else None
-    if all(v in environ for v in SLURM_VARIABLES) and environ["SLURM_NTASKS"].isdigit() and int(environ["SLURM_NTASKS"]) > 1:
-        return Cluster(f"SLURM (job {environ['SLURM_JOB_ID']}, {environ['SLURM_NTASKS']} tasks)")
+    slurm = _slurm_cluster(environ)
+    if slurm is not None:
+        return slurm
     workers = _tpu_vm_worker_count(environ, fetch)
     if workers > 1:
         return Cluster(f"Cloud TPU slice ({workers} workers)")
@@ -122,7 +148,8 @@ def initialize(cluster: Cluster | None) -> None:
     if cluster is None:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes
-    jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id)
+    jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id,
+                               list(cluster.local_device_ids) if cluster.local_device_ids is not None else None)
 
 
 def is_primary() -> bool:

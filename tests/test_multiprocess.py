@@ -170,6 +170,9 @@ def test_a_stop_signal_on_one_process_stops_all_after_the_same_step(cluster_runs
     assert f"a stop signal on another process: saved a checkpoint at step {stopped_at}" in results[0][1]
 
 
+SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-4]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+
+
 @pytest.mark.parametrize("argv, environ, expected", [
     ([], {}, None),
     (["--coordinator_address", "10.0.0.1:1234", "--num_processes", "4", "--process_id", "3"], {},
@@ -179,10 +182,17 @@ def test_a_stop_signal_on_one_process_stops_all_after_the_same_step(cluster_runs
     (["--process_id", "1"], {"JAX_COORDINATOR_ADDRESS": "h:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
      Cluster("explicit settings", "h:9", 2, 1)),  # a flag wins over its variable
     (["--coordinator_address", "h:9", "--num_processes", "1", "--process_id", "0"], {}, None),
-    ([], {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-4]", "SLURM_NTASKS": "4", "SLURM_PROCID": "2",
-          "SLURM_LOCALID": "0"}, Cluster("SLURM (job 7, 4 tasks)")),
-    ([], {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
-          "SLURM_LOCALID": "0"}, None),  # one task: a single process
+    ([], {**SLURM, "SLURM_NTASKS": "32", "SLURM_STEP_NUM_NODES": "4", "SLURM_LOCALID": "5"},
+     Cluster("SLURM (job 7, 32 tasks on 4 nodes)")),  # a task per GPU: JAX picks the GPU of the local rank
+    ([], {**SLURM, "SLURM_NTASKS": "32", "SLURM_STEP_NUM_NODES": "4", "CUDA_VISIBLE_DEVICES": "5"},
+     Cluster("SLURM (job 7, 32 tasks on 4 nodes)", local_device_ids=(0,))),  # the one GPU bound to the task
+    ([], {**SLURM, "SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "4", "SLURM_GPUS_ON_NODE": "8"},
+     Cluster("SLURM (job 7, 4 tasks on 4 nodes)", local_device_ids=tuple(range(8)))),  # a task per node
+    ([], {**SLURM, "SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3"},
+     Cluster("SLURM (job 7, 2 tasks on 2 nodes)", local_device_ids=(0, 1, 2, 3))),
+    ([], {**SLURM, "SLURM_NTASKS": "1"}, None),  # one task: a single process
+    ([], {**SLURM, "SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "4", "SLURM_GPUS_ON_NODE": "8",
+          "JAX_LOCAL_DEVICE_IDS": "0,1"}, Cluster("SLURM (job 7, 4 tasks on 4 nodes)")),  # JAX reads the variable
     ([], {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),  # the batch script itself, outside srun
     ([], {"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3"}, Cluster("Cloud TPU slice (4 workers)")),
     ([], {"TPU_WORKER_HOSTNAMES": "t-0"}, None),
