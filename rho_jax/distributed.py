@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import logging
 import os
 import urllib.request
 from pathlib import Path
@@ -33,6 +34,9 @@ from jax.experimental import multihost_utils
 EXPLICIT_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 TPU_METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes/worker-network-endpoints"
+
+
+log = logging.getLogger(__name__)
 
 
 class ClusterError(ValueError):
@@ -150,6 +154,8 @@ def initialize(cluster: Cluster | None) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes
     jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id,
                                list(cluster.local_device_ids) if cluster.local_device_ids is not None else None)
+    log.info("Process %d of %d (cluster from %s); %d local of %d devices.", jax.process_index(), jax.process_count(),
+             cluster.detected_by, jax.local_device_count(), jax.device_count())
 
 
 def is_primary() -> bool:

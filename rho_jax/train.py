@@ -234,8 +234,10 @@ class Trainer:
             if self.step >= cfg.total_steps:
                 log_.message(f"{self.run_dir} is already complete ({self.step} steps); nothing to do.")
                 return 0
+            processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
             log_.message(("Resuming" if self.resumed else "Starting") + f" at step {self.step} of {cfg.total_steps} "
-                         f"({cfg.batch_size} x {cfg.data.seq_len} tokens per step) in {self.run_dir}")
+                         f"({cfg.batch_size} x {cfg.data.seq_len} tokens per step) on {jax.device_count()} devices"
+                         f"{processes} in {self.run_dir}")
             if self.eval_sets and not self.resumed:
                 self._evaluate(log_)
             self._loop(log_)
