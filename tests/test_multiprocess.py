@@ -152,6 +152,13 @@ def test_raw_document_runs_resume_only_on_the_same_process_count(cluster_runs):
     assert checkpoint_steps(tmp / "reference-copy") == checkpoint_steps(tmp / "reference")  # nothing moved aside
 
 
+def test_a_tensor_axis_spanning_processes_is_refused(cluster_runs):
+    tmp, _ = cluster_runs
+    config = run_config(tmp, "tensor-across", mesh={"data": 1, "fsdp": 1, "tensor": 8}, eval={"sets": {}})
+    for code, output in run_processes(config, processes=2, devices=4):
+        assert code == 2 and "the tensor axis must not span processes (it has 8 devices, a process 4)" in output, output
+
+
 def test_a_stop_signal_on_one_process_stops_all_after_the_same_step(cluster_runs):
     tmp, config = cluster_runs
     run = tmp / "slm-sigterm"
