@@ -5,7 +5,8 @@ Sections (each a frozen dataclass, checked strictly by `rho_jax.config_schema.bu
     model        the trained model: from scratch (a model config file), a local HF directory, or a
                  rho_jax checkpoint (a training run directory, one of its checkpoints, or a model
                  directory from `python -m rho_jax.convert to-orbax`)
-    reference    the frozen reference model (hf or checkpoint), or null for plain CLM
+    reference    the frozen reference model (hf or checkpoint), `precomputed` (its scores stored
+                 beside the prepared rows by `python -m rho_jax.score`), or null for plain CLM
     slm          ratio, score function, selection scope (default: paper settings with a
                  reference, ratio 1.0 = CLM without)
     data         tokenizer, sources with mixture weights, sequence length (`rho_jax.data`)
@@ -33,7 +34,7 @@ from rho_jax.optimizer import OptimizerConfig
 from rho_jax.sharding import MeshConfig
 from rho_jax.step import SLMConfig
 
-MODEL_INITS = ("scratch", "hf", "checkpoint")
+MODEL_INITS = ("scratch", "hf", "checkpoint", "precomputed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,9 @@ class ModelSource:
 
     init: `scratch` (random init from `config`, a model YAML/JSON with HF field names), `hf` (a
       local HF directory at `path`), or `checkpoint` (`path` is a rho_jax training run directory
-      (latest checkpoint), one of its `checkpoints/<step>` directories, or a rho_jax model directory).
+      (latest checkpoint), one of its `checkpoints/<step>` directories, or a rho_jax model directory),
+      or, for a reference only, `precomputed`: no model; every data source carries the `scores` that
+      `python -m rho_jax.score` computed with the reference.
     options: how the model computes (dtypes, scan, remat, attention); see `ModelOptions`.
     """
 
@@ -54,7 +57,11 @@ class ModelSource:
     def __post_init__(self) -> None:
         if self.init not in MODEL_INITS:
             raise ValueError(f"init must be one of {MODEL_INITS}, got {self.init!r}.")
-        if self.init == "scratch":
+        if self.init == "precomputed":
+            if self.path is not None or self.config is not None:
+                raise ValueError("init: precomputed takes no path or config; the scores are set per data source "
+                                 "(data.sources[i].scores).")
+        elif self.init == "scratch":
             if self.config is None:
                 raise ValueError("init: scratch needs `config` (a model config file, e.g. configs/models/tiny-cpu.yaml).")
             if self.path is not None:
@@ -157,6 +164,22 @@ class TrainConfig:
             object.__setattr__(self, "slm", SLMConfig() if self.reference is not None else SLMConfig(ratio=1.0))
         if self.reference is not None and self.reference.init == "scratch":
             raise ConfigError("reference.init: a reference model must be trained; use init: hf or checkpoint.")
+        if self.model.init == "precomputed":
+            raise ConfigError("model.init: precomputed is for the reference only (its stored scores); the trained "
+                              "model needs scratch, hf or checkpoint.")
+        precomputed = self.precomputed_reference
+        unscored = [s.name for s in self.data.sources if s.scores is None]
+        if precomputed and unscored:
+            raise ConfigError(
+                f"reference.init: precomputed needs scores for every data source; {unscored} have none. Run "
+                "python -m rho_jax.score on their prepared rows and set data.sources[i].scores."
+            )
+        if not precomputed and len(unscored) < len(self.data.sources):
+            raise ConfigError(
+                "data sources carry precomputed scores, but the reference is "
+                + ("absent" if self.reference is None else f"computed online (init: {self.reference.init})")
+                + ": set reference: {init: precomputed} to train on the scores, or remove the sources' scores."
+            )
         if self.reference is None and (self.slm.ratio != 1.0 or self.slm.score != "excess"):
             raise ConfigError(
                 f"slm: ratio {self.slm.ratio} with score {self.slm.score!r} needs a reference model; set "
@@ -180,6 +203,16 @@ class TrainConfig:
             raise ConfigError(
                 f"optimizer.warmup_steps ({self.optimizer.warmup_steps}) exceeds the run's {self.total_steps} steps."
             )
+
+    @property
+    def precomputed_reference(self) -> bool:
+        """True when the reference's scores are read with the data instead of computed by a model."""
+        return self.reference is not None and self.reference.init == "precomputed"
+
+    @property
+    def reference_model(self) -> ModelSource | None:
+        """The reference model to run in the train step (None: no reference, or precomputed scores)."""
+        return None if self.reference is None or self.precomputed_reference else self.reference
 
     @property
     def batch_size(self) -> int:
@@ -238,8 +271,9 @@ def _list_index(node: list, part: str, where: str) -> int:
     return int(part)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML run config, apply `key.sub=value` overrides, and validate everything."""
+def load_config(path: str | Path, overrides: list[str] = (), cls: type = TrainConfig) -> Any:
+    """Read a YAML config (a run's `TrainConfig` unless `cls` says otherwise), apply `key.sub=value`
+    overrides, and validate everything."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
@@ -251,7 +285,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}.")
     for text in overrides:
         apply_override(data, *parse_override(text))
-    return build(TrainConfig, data, "config")
+    return build(cls, data, "config")
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

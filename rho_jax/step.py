@@ -2,6 +2,7 @@
 
 Inside the step, for a global batch split into `accumulation_steps` micro-batches:
 1. reference forward (no gradient, no stored activations): L_ref and, if the score needs it, H_ref;
+   with a precomputed reference they are read from the batch (`ref_loss`, `ref_entropy`) instead;
 2. forward of the trained model: per-token L_theta, chunked so no full `[B, T, V]` fp32 logits exist;
 3. scores and selection (`rho_jax.slm`), over the scope chosen in `SLMConfig.scope`:
    - `global` (default, the paper's meaning): top k of the whole global batch, across every
@@ -125,11 +126,15 @@ def build_train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     accumulation_steps: int = 1,
+    precomputed_reference: bool = False,
 ) -> Callable[[TrainState, dict, nnx.State | None], tuple[TrainState, dict]]:
-    """The pure step function (not jitted; see `jit_train_step`)."""
+    """The pure step function (not jitted; see `jit_train_step`). With `precomputed_reference` (and
+    no `ref_graphdef`) the reference's per-token loss and entropy come with the batch."""
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
-    has_reference = ref_graphdef is not None
+    if precomputed_reference and ref_graphdef is not None:
+        raise ValueError("a precomputed reference replaces the reference model; pass ref_graphdef=None.")
+    has_reference = ref_graphdef is not None or precomputed_reference
     _check_reference_present(has_reference, cfg)
     needs_entropy = cfg.score in ("reference_entropy", "intersection")
     needs_model_loss = cfg.score == "excess"
@@ -163,7 +168,9 @@ def build_train_step(
         params = state.params
         micro = _split_micro(batch, accumulation_steps)
         ref_loss = ref_entropy = selected = None
-        if has_reference:
+        if precomputed_reference:
+            ref_loss, ref_entropy = micro["ref_loss"], micro["ref_entropy"] if needs_entropy else None
+        elif has_reference:
             ref_loss, ref_entropy = jax.lax.map(lambda m: reference(ref_params, m), micro)
         if preselect:
             scored = jax.lax.map(lambda m: model_loss(params, m), micro) if needs_model_loss else None

@@ -42,6 +42,7 @@ from rho_jax.data import (
     tokenizer_fingerprint,
     train_dataset,
 )
+from rho_jax.data.scores import SCORE_FIELDS
 from rho_jax.distributed import ClusterError, add_cluster_arguments, any_process, barrier, detect_cluster, initialize, is_primary
 from rho_jax.evaluate import build_eval_step, evaluate
 from rho_jax.model_source import load_params, model_graph, read_model_config, tokenizer_dir
@@ -71,15 +72,15 @@ def check_models(cfg: TrainConfig, tokenizer: Any) -> tuple[ModelConfig, ModelCo
             f"data.tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model_config.vocab_size}."
         )
     reference_config = None
-    if cfg.reference is not None:
-        reference_config = read_model_config(cfg.reference, "reference")
+    if cfg.reference_model is not None:
+        reference_config = read_model_config(cfg.reference_model, "reference")
         if reference_config.vocab_size != model_config.vocab_size:
             raise ConfigError(
                 f"reference vocab_size {reference_config.vocab_size} != model vocab_size {model_config.vocab_size}: "
                 "the reference must share the trained model's tokenizer."
             )
     expected = tokenizer_fingerprint(tokenizer)
-    for what, source in (("model", cfg.model), ("reference", cfg.reference)):
+    for what, source in (("model", cfg.model), ("reference", cfg.reference_model)):
         directory = tokenizer_dir(source) if source is not None else None
         if directory is None:
             if what == "reference" and source is not None:
@@ -177,13 +178,14 @@ class Trainer:
             state, tokens = new_train_state(params, optimizer, shardings), 0
 
         ref_graphdef = ref_params = ref_shardings = None
-        if cfg.reference is not None:
-            ref_graphdef, ref_abstract = model_graph(reference_config, cfg.reference)
-            ref_params = load_params(cfg.reference, reference_config, ref_abstract, mesh, cfg.train.seed)
+        if cfg.reference_model is not None:
+            ref_graphdef, ref_abstract = model_graph(reference_config, cfg.reference_model)
+            ref_params = load_params(cfg.reference_model, reference_config, ref_abstract, mesh, cfg.train.seed)
             ref_shardings = param_shardings(ref_params, mesh)
         step = build_train_step(graphdef, ref_graphdef, cfg.slm, optimizer, learning_rate_schedule(optimizer_config),
-                                cfg.train.accumulation_steps)
-        step_fn = jit_train_step(step, shardings, ref_shardings, mesh, BATCH_KEYS)
+                                cfg.train.accumulation_steps, precomputed_reference=cfg.precomputed_reference)
+        batch_keys = BATCH_KEYS + (SCORE_FIELDS if cfg.precomputed_reference else ())
+        step_fn = jit_train_step(step, shardings, ref_shardings, mesh, batch_keys)
         eval_step = build_eval_step(graphdef, shardings.params, mesh, cfg.slm.ce_chunk_size) if eval_sets else None
         return cls(cfg=cfg, run_dir=run_dir, mesh=mesh, state=state, tokens=tokens, step_fn=step_fn,
                    ref_params=ref_params, data_iterator=data_iterator, data_by_step=by_step, checkpointer=checkpointer,

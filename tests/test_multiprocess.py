@@ -17,20 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import yaml
-from flax import nnx
 
-from rho_jax.config import ModelSource
 from rho_jax.data.prepare import main as prepare
 from rho_jax.distributed import Cluster, ClusterError, add_cluster_arguments, detect_cluster
-from rho_jax.model_source import load_model
 from rho_jax.run_dir import read_jsonl
-from rho_jax.sharding import make_mesh
 from rho_jax.train import main
-from train_runs import ROOT, TINY, checkpoint_steps, losses, model_yaml, run_config
+from train_runs import ROOT, TINY, checkpoint_steps, final_params, losses, model_yaml, run_config
 
 # Same global batches and computation; only the grouping of floating-point sums may differ (by
 # process or by device count), which moves a float32 loss of ~8 by at most an ulp or two (1e-6).
@@ -72,11 +67,6 @@ def run_processes(config: Path, processes: int, devices: int) -> list[tuple[int,
 def assert_succeeded(results: list[tuple[int, str]]) -> None:
     for i, (code, output) in enumerate(results):
         assert code == 0, f"process {i} exited with {code}:\n{output[-4000:]}"
-
-
-def final_params(run: Path) -> list[np.ndarray]:
-    model = load_model(ModelSource(init="checkpoint", path=str(run)), make_mesh())
-    return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
 
 
 def eval_losses(run: Path) -> list[float]:

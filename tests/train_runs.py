@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+import numpy as np
 import yaml
+from flax import nnx
 
+from rho_jax.config import ModelSource
+from rho_jax.model_source import load_model
 from rho_jax.run_dir import read_jsonl
+from rho_jax.sharding import make_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "tiny"
@@ -46,6 +52,12 @@ def run_config(tmp: Path, name: str, **sections) -> Path:
 
 def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(run / "metrics.jsonl")}
+
+
+def final_params(run: Path) -> list[np.ndarray]:
+    """Every parameter array of the run's newest checkpoint."""
+    model = load_model(ModelSource(init="checkpoint", path=str(run)), make_mesh())
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
 
 
 def checkpoint_steps(run: Path) -> list[int]:

@@ -29,6 +29,8 @@ class SourceConfig:
       the response tokens are targets (instruction data).
     text_split: for text files, "file" (a whole file is one document) or "line" (every non-empty
       line is one document).
+    scores: for prepared rows of one directory, the directory of their reference scores written by
+      `python -m rho_jax.score` (used with `reference: {init: precomputed}`).
     """
 
     paths: tuple[str, ...]
@@ -38,6 +40,7 @@ class SourceConfig:
     text_field: str = "text"
     prompt_field: str | None = None
     text_split: str = "file"
+    scores: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.paths, str):
@@ -58,6 +61,8 @@ class SourceConfig:
                 f"source {self.name!r}: prompt_field must be null or a field other than text_field "
                 f"({self.text_field!r}), got {self.prompt_field!r}."
             )
+        if self.scores is not None and not self.scores:
+            raise ValueError(f"source {self.name!r}: scores must be a directory written by rho_jax.score, or null.")
         if self.text_split not in TEXT_SPLITS:
             raise ValueError(f"source {self.name!r}: text_split must be one of {TEXT_SPLITS}, got {self.text_split!r}.")
 

@@ -28,6 +28,7 @@ from rho_jax.batch import batch_from_tokens
 from rho_jax.data import prepared
 from rho_jax.data.config import DataConfig, SourceConfig
 from rho_jax.data.packing import READ_OPTIONS, Row, source_rows
+from rho_jax.data.scores import SCORE_FIELDS
 from rho_jax.data.sources import DocumentSource, PackedRowSource, open_source, resolve_paths, source_format
 from rho_jax.data.tokenizer import check_tokenizer, tokenizer_fingerprint
 
@@ -59,7 +60,9 @@ def training_order(ds: grain.MapDataset, *, seed: int, process_index: int, proce
 
 
 def _model_batch(rows: Row) -> dict[str, np.ndarray]:
-    return batch_from_tokens(rows["tokens"], rows["segment_ids"], rows["loss_mask"])
+    """Model batch of packed rows; precomputed reference scores (already aligned with the targets) pass through."""
+    batch = batch_from_tokens(rows["tokens"], rows["segment_ids"], rows["loss_mask"])
+    return batch | {key: rows[key] for key in SCORE_FIELDS if key in rows}
 
 
 def positioned_by_step(cfg: DataConfig) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rho_jax.data import prepared
+from rho_jax.data import prepared, scores
 from rho_jax.data.config import SourceConfig
 
 EXTENSION_FORMATS = {
@@ -287,6 +287,28 @@ class PackedRowSource:
         return prepared.record_to_row(self._records[i], self.row_len)
 
 
+class ScoredRowSource(PackedRowSource):
+    """Prepared rows of one directory with their precomputed reference scores: each row also has
+    `ref_loss` and `ref_entropy`, float32 `[seq_len]` (`rho_jax.data.scores`). The scores must have
+    been computed on exactly these rows (fingerprints) and cover every shard read."""
+
+    def __init__(self, paths: list[str], scores_dir: str, name: str):
+        super().__init__(paths)
+        directories = sorted({str(Path(p).parent) for p in paths})
+        if len(directories) != 1:
+            raise ValueError(f"source {name!r}: a source with scores must read one prepared directory, "
+                             f"its paths span {directories}.")
+        self.scores_metadata = scores.read_metadata(Path(scores_dir))
+        shard_names = [Path(p).name for p in paths]
+        scores.check_scores(self.scores_metadata, f"source {name!r} (scores {scores_dir})", self.metadata, shard_names)
+        self._dtype = self.scores_metadata["dtype"]
+        self._scores = grain.sources.ArrayRecordDataSource(
+            [str(Path(scores_dir) / scores.score_shard_name(shard)) for shard in shard_names])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return super().__getitem__(i) | scores.record_to_scores(self._scores[i], self.row_len - 1, self._dtype)
+
+
 DocumentSource = JsonlSource | TextLineSource | TextFileSource | ParquetSource
 
 
@@ -294,6 +316,9 @@ def open_source(source: SourceConfig) -> DocumentSource | PackedRowSource:
     """The random-access source for `source`; raises if its files are missing, of unknown format, or hold nothing."""
     paths = resolve_paths(source)
     fmt = source_format(source, paths)
+    if source.scores is not None and fmt != "arrayrecord":
+        raise ValueError(f"source {source.name!r}: scores belong to prepared rows (arrayrecord), but its files are "
+                         f"{fmt}; run python -m rho_jax.data.prepare, then python -m rho_jax.score on the rows.")
     if fmt in ("text", "arrayrecord") and source.prompt_field is not None:
         raise ValueError(
             f"source {source.name!r}: prompt_field is set, but {fmt} sources have no fields; "
@@ -305,6 +330,8 @@ def open_source(source: SourceConfig) -> DocumentSource | PackedRowSource:
         opened = ParquetSource(paths, source.text_field, source.prompt_field)
     elif fmt == "text":
         opened = TextLineSource(paths) if source.text_split == "line" else TextFileSource(paths)
+    elif source.scores is not None:
+        opened = ScoredRowSource(paths, source.scores, source.name)
     else:
         opened = PackedRowSource(paths)
     if len(opened) == 0:

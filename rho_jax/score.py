@@ -1,0 +1,226 @@
+"""Score a prepared corpus with the reference model once, for any number of SLM runs.
+
+    python -m rho_jax.score --config configs/X-score.yaml [key.sub=value ...]
+
+For every packed row of a prepared directory (`python -m rho_jax.data.prepare`), the reference's
+per-token cross-entropy `ref_loss` and predictive entropy `ref_entropy` are written beside it
+(`rho_jax.data.scores`). A training run with `reference: {init: precomputed}` and the source's
+`scores` set reads them with its batches and runs no reference forward.
+
+Global batches of `batch_size` rows are sharded over the whole mesh (every device of every process,
+as in training); each process reads only its rows. A shard's scores are written when the shard is
+done (atomically), so rerunning the same command after an interruption continues with the first
+unfinished shard; a finished output is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import grain
+import jax
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from rho_jax.batch import batch_from_tokens
+from rho_jax.config import ConfigError, ModelSource, load_config
+from rho_jax.config_schema import to_data
+from rho_jax.data import prepared, scores, to_global_batch
+from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from rho_jax.distributed import (
+    ClusterError,
+    add_cluster_arguments,
+    barrier,
+    detect_cluster,
+    initialize,
+    is_primary,
+)
+from rho_jax.model_source import load_params, model_graph, read_model_config, tokenizer_dir
+from rho_jax.sharding import BATCH_AXES, MeshConfig, batch_sharding, make_mesh, param_shardings, replicated
+from rho_jax.step import model_token_losses
+
+log = logging.getLogger("rho_jax.score")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """reference: the reference model (hf or checkpoint); rows: a prepared directory; output: the
+    scores directory to write (new, or an unfinished run of this same config); batch_size: rows per
+    global batch; dtype: storage dtype of the scores (float32 keeps them exactly as computed,
+    float16 halves the size); ce_chunk_size: sequence positions per cross-entropy chunk."""
+
+    reference: ModelSource
+    rows: str
+    output: str
+    batch_size: int = 32
+    dtype: str = "float32"
+    mesh: MeshConfig = MeshConfig()
+    ce_chunk_size: int | None = 512
+
+    def __post_init__(self) -> None:
+        if self.reference.init not in ("hf", "checkpoint"):
+            raise ValueError(f"reference.init must be hf or checkpoint (a trained model), got {self.reference.init!r}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}.")
+        if self.dtype not in scores.STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {scores.STORAGE_DTYPES}, got {self.dtype!r}.")
+        if self.ce_chunk_size is not None and self.ce_chunk_size < 1:
+            raise ValueError(f"ce_chunk_size must be a positive integer or null, got {self.ce_chunk_size}.")
+
+
+def _check_tokenizer(cfg: ScoreConfig, rows_metadata: dict[str, Any]) -> None:
+    directory = tokenizer_dir(cfg.reference)
+    if directory is None:
+        log.warning("reference %s carries no tokenizer files; cannot verify it matches the rows' tokenizer.",
+                    cfg.reference.path)
+    elif tokenizer_fingerprint(load_tokenizer(str(directory))) != rows_metadata["tokenizer_fingerprint"]:
+        raise ConfigError(f"the reference's tokenizer ({directory}) differs from the one the rows in {cfg.rows} were "
+                          f"prepared with ({rows_metadata['tokenizer']}); scores would be meaningless.")
+
+
+def _run_metadata(cfg: ScoreConfig, rows_metadata: dict[str, Any]) -> dict[str, Any]:
+    """What identifies this scoring run (an existing output must match it to be continued)."""
+    return {
+        "reference": to_data(cfg.reference),
+        "rows": str(Path(cfg.rows).absolute()),
+        "dtype": cfg.dtype,
+        "seq_len": rows_metadata["seq_len"],
+        "tokenizer_fingerprint": rows_metadata["tokenizer_fingerprint"],
+        "packing_fingerprint": scores.packing_fingerprint(rows_metadata),
+        "num_rows": rows_metadata["num_rows"],
+        "shards": rows_metadata["shards"],
+    }
+
+
+def _open_output(cfg: ScoreConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """The output's metadata: fresh for a new directory, the stored one for a run to continue."""
+    output = Path(cfg.output)
+    if output.is_dir() and (output / scores.METADATA_FILE).is_file():
+        stored = scores.read_metadata(output)
+        differing = sorted(k for k in run if stored.get(k) != run[k] and k != "rows")
+        if differing:
+            raise ConfigError(f"output {output} holds scores of another run (different {', '.join(differing)}); "
+                              "use a new output directory.")
+        return stored
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"output {output} exists and is not an unfinished rho_jax.score output; choose a new one.")
+    return {**run, "finished_shards": [], "complete": False}
+
+
+def build_reference_scorer(graphdef: nnx.GraphDef, params_shardings: Any, mesh: Mesh, chunk: int | None) -> Callable:
+    """Jitted `(params, batch) -> (ref_loss, ref_entropy)`, float32 `[B, T]`, replicated on every device."""
+
+    def forward(params: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return model_token_losses(graphdef, params, batch, chunk, True)
+
+    keys = ("input_ids", "targets", "segment_ids")
+    return jax.jit(forward, in_shardings=(params_shardings, {k: batch_sharding(mesh) for k in keys}),
+                   out_shardings=replicated(mesh))
+
+
+def _local_rows(source: grain.sources.ArrayRecordDataSource, start: int, global_rows: int, row_len: int
+                ) -> dict[str, np.ndarray]:
+    """This process's rows `[start + p*L, start + (p+1)*L)` of a global batch (zero rows past the end)."""
+    local = global_rows // jax.process_count()
+    first = start + jax.process_index() * local
+    rows = [prepared.record_to_row(source[i], row_len) if i < len(source) else
+            {key: np.zeros(row_len, np.int32) for key in prepared.ROW_FIELDS} for i in range(first, first + local)]
+    batch = batch_from_tokens(*(np.stack([r[key] for r in rows]) for key in prepared.ROW_FIELDS))
+    return {key: batch[key] for key in ("input_ids", "targets", "segment_ids")}
+
+
+def _write_shard(path: Path, values: np.ndarray, dtype: str) -> None:
+    """Write the `[rows, 2, seq_len]` scores of one shard, atomically (a temporary file renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    try:
+        for row in values:
+            writer.write(scores.scores_to_record(row[0], row[1], dtype))
+    finally:
+        writer.close()
+    tmp.replace(path)
+
+
+def score(cfg: ScoreConfig) -> dict[str, Any]:
+    """Score every unfinished shard of `cfg.rows` into `cfg.output`; returns the output's metadata
+    plus `tokens_per_sec` of this invocation."""
+    rows_dir = Path(cfg.rows)
+    rows_metadata = prepared.read_metadata(rows_dir)
+    seq_len, row_len = rows_metadata["seq_len"], rows_metadata["row_len"]
+    ref_config = read_model_config(cfg.reference, "reference")
+    _check_tokenizer(cfg, rows_metadata)
+    mesh = make_mesh(cfg.mesh)
+    shards_in_batch = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if cfg.batch_size % shards_in_batch or cfg.batch_size % jax.process_count():
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the mesh's {shards_in_batch} batch shards "
+                          f"and the {jax.process_count()} processes.")
+    metadata = _open_output(cfg, _run_metadata(cfg, rows_metadata))
+    output = Path(cfg.output)
+    if is_primary():
+        output.mkdir(parents=True, exist_ok=True)
+        scores.write_metadata(output, metadata)
+    barrier("score-output-ready")
+    todo = [s for s in rows_metadata["shards"] if s not in metadata["finished_shards"]]
+    if not todo:
+        log.info("%s is complete (%d shards); nothing to do.", output, len(rows_metadata["shards"]))
+        return metadata
+
+    graphdef, abstract = model_graph(ref_config, cfg.reference)
+    params = load_params(cfg.reference, ref_config, abstract, mesh, seed=0)
+    forward = build_reference_scorer(graphdef, param_shardings(params, mesh), mesh, cfg.ce_chunk_size)
+    sharding = batch_sharding(mesh)
+    sources = {shard: grain.sources.ArrayRecordDataSource([str(rows_dir / shard)]) for shard in todo}
+    total = sum(len(source) for source in sources.values()) * seq_len
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="score", disable=not is_primary(), dynamic_ncols=True)
+    started, scored = time.perf_counter(), 0
+    for shard, source in sources.items():
+        values = np.empty((len(source), len(scores.SCORE_FIELDS), seq_len), np.float32)
+        for start in range(0, len(source), cfg.batch_size):
+            batch = to_global_batch(_local_rows(source, start, cfg.batch_size, row_len), sharding)
+            loss, entropy = (np.asarray(x) for x in forward(params, batch))
+            count = min(cfg.batch_size, len(source) - start)
+            values[start:start + count] = np.stack([loss[:count], entropy[:count]], axis=1)
+            scored += count * seq_len
+            bar.update(count * seq_len)
+        if is_primary():
+            _write_shard(output / scores.score_shard_name(shard), values, cfg.dtype)
+            metadata["finished_shards"].append(shard)
+            metadata["complete"] = len(metadata["finished_shards"]) == len(rows_metadata["shards"])
+            scores.write_metadata(output, metadata)
+        barrier(f"scored-{shard}")
+    bar.close()
+    rate = scored / max(time.perf_counter() - started, 1e-9)
+    log.info("scored %d tokens in %d shards at %.0f tokens/s into %s", scored, len(todo), rate, output)
+    return {**metadata, "tokens_per_sec": rate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rho_jax.score", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML scoring configuration (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
+    add_cluster_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        initialize(detect_cluster(args))
+        score(load_config(args.config, args.overrides, cls=ScoreConfig))
+    except (ClusterError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
