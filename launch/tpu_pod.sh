@@ -31,6 +31,8 @@ Options:
   --max-restarts N     recreate and resume after preemption or lost connections at most N times
                        (default 20)
   --dry-run            print every command for a fresh slice, run nothing
+  --archive-only FILE  write the code archive copied to the workers (tracked and untracked files,
+                       nothing git ignores) to FILE and exit
   -h, --help           this help
 Everything after -- is passed to the trainer as config overrides.
 
@@ -40,7 +42,7 @@ Example (Mistral-7B SLM on a v5p-128 slice, spot capacity, checkpoints in a buck
 USAGE
 }
 
-name="" zone="" accelerator="" config="" project="" version="" spot=0 queued=0 bucket="" max_restarts=20
+name="" zone="" accelerator="" config="" project="" version="" spot=0 queued=0 bucket="" max_restarts=20 archive_only=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --name) need_value "$@"; name=$2; shift 2 ;;
@@ -54,11 +56,24 @@ while [[ $# -gt 0 ]]; do
     --bucket) need_value "$@"; bucket=$2; shift 2 ;;
     --max-restarts) need_value "$@"; need_positive_int --max-restarts "$2"; max_restarts=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --archive-only) need_value "$@"; archive_only=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     --) shift; break ;;
     *) die "unknown argument '$1' (config overrides go after --; see --help)." ;;
   esac
 done
+# Tracked and untracked files of this checkout, without anything git ignores (.venv, runs, caches).
+pack_repo() {
+  echo "+ git -C $(quote "$REPO") ls-files -z --cached --others --exclude-standard | tar -C $(quote "$REPO") --null -T - -czf $(quote "$1")"
+  [[ $DRY_RUN == 0 ]] || return 0
+  git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1 || die "$REPO is not a git checkout; cannot tell which files to copy."
+  git -C "$REPO" ls-files -z --cached --others --exclude-standard | tar -C "$REPO" --null -T - -czf "$1"
+}
+if [[ -n $archive_only ]]; then
+  pack_repo "$archive_only"
+  exit 0
+fi
+
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name must be lowercase letters, digits and dashes, got '$name'."
 [[ -n $zone ]] || die "--zone is required (see --help)."
 case $accelerator in
@@ -74,6 +89,7 @@ version=${version:-$default_version}
 [[ -z $bucket || $bucket =~ ^gs://[a-z0-9][-_.a-z0-9]*$ ]] || die "--bucket must be gs://BUCKET_NAME, got '$bucket'."
 cd "$REPO"
 need_config "$config"
+[[ $(realpath "$config") == "$REPO"/* ]] || die "--config $config is outside this repository, so the workers would not have it."
 need_overrides "$@"
 [[ $DRY_RUN == 1 ]] || command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk)."
 if [[ -z $bucket ]]; then
@@ -94,12 +110,29 @@ tpu_state() {
   fi
 }
 
+# The queued resource's state (WAITING_FOR_RESOURCES, ACTIVE, FAILED, ...) or NOT_FOUND.
+queued_state() {
+  echo "+ $(quote gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)')" >&2
+  if [[ $DRY_RUN == 1 ]]; then
+    echo NOT_FOUND
+  else
+    gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)' 2>/dev/null \
+      || echo NOT_FOUND
+  fi
+}
+
+# Create the slice (returns non-zero if capacity or quota refuses it; the caller retries).
 create_tpu() {
   local capacity=()
   [[ $spot == 0 ]] || capacity=(--spot)
   if [[ $queued == 1 ]]; then
+    case $(queued_state) in
+      NOT_FOUND) ;;
+      ACTIVE | FAILED | SUSPENDED) delete_tpu || return 1 ;;  # its node is gone or never came: start over
+      *) wait_for_queued_resource; return ;;                 # an earlier request is still waiting: keep it
+    esac
     run gcloud compute tpus queued-resources create "$name" --node-id="$name" --accelerator-type="$accelerator" \
-      --runtime-version="$version" "${capacity[@]}" "${scope[@]}"
+      --runtime-version="$version" "${capacity[@]}" "${scope[@]}" || return 1
     wait_for_queued_resource
   else
     run gcloud compute tpus tpu-vm create "$name" --accelerator-type="$accelerator" --version="$version" \
@@ -115,7 +148,7 @@ wait_for_queued_resource() {
     state=$(gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)')
     case $state in
       ACTIVE) return 0 ;;
-      FAILED | SUSPENDED) die "queued resource $name is $state (gcloud compute tpus queued-resources describe $name)." ;;
+      FAILED | SUSPENDED) echo "queued resource $name is $state"; return 1 ;;
       *) echo "queued resource $name: $state; waiting for capacity"; sleep 60 ;;
     esac
   done
@@ -136,58 +169,81 @@ on_all_workers() {
 # Copy this repository (without git metadata and ignored files), install rho_jax[tpu], mount the bucket.
 setup_workers() {
   local archive="${TMPDIR:-/tmp}/rho_jax-$name.tar.gz"
-  run tar -C "$REPO" --exclude-vcs --exclude-vcs-ignores -czf "$archive" .
-  run gcloud compute tpus tpu-vm scp "$archive" "$name:rho_jax.tar.gz" --worker=all "${scope[@]}"
+  pack_repo "$archive" || return 1
+  run gcloud compute tpus tpu-vm scp "$archive" "$name:rho_jax.tar.gz" --worker=all "${scope[@]}" || return 1
   # TPU VM images ship Python 3.10; rho_jax needs 3.11 (from Ubuntu's packages).
   on_all_workers "mkdir -p ~/$REMOTE_DIR && tar -xzf ~/rho_jax.tar.gz -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR && \
-{ command -v python3.11 >/dev/null || { sudo apt-get update -q && sudo apt-get install -yq python3.11 python3.11-venv; }; } && \
-{ test -x .venv/bin/python || python3.11 -m venv .venv; } && .venv/bin/pip install -q -e '.[tpu]'"
+{ command -v python3.11 >/dev/null || { sudo apt-get update -q && \
+sudo apt-get install -yq -o DPkg::Lock::Timeout=600 python3.11 python3.11-venv; }; } && \
+{ test -x .venv/bin/python || python3.11 -m venv .venv; } && .venv/bin/pip install -q -e '.[tpu]'" || return 1
   if [[ -n $bucket ]]; then
     on_all_workers "command -v gcsfuse >/dev/null || { \
 echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" \
 | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsS https://packages.cloud.google.com/apt/doc/apt-key.gpg \
-| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -yq gcsfuse; } && \
+| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && \
+sudo apt-get install -yq -o DPkg::Lock::Timeout=600 gcsfuse; } && \
 sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT && \
-{ mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=1000000 ${bucket#gs://} $MOUNT; }"
+{ mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=1000000 ${bucket#gs://} $MOUNT; }" || return 1
   fi
+}
+
+# Trainers left running by an earlier attempt whose connection dropped (they hold the TPU).
+stop_leftover_trainers() {
+  on_all_workers "pkill -INT -f '[r]ho_jax.train' && sleep 60; pkill -KILL -f '[r]ho_jax.train'; true"
 }
 
 # The same command on every worker; each keeps its full output in ~/$REMOTE_LOG, worker 0's is streamed.
 train_on_all_workers() {
   on_all_workers "set -o pipefail; worker=\$(curl -s -H Metadata-Flavor:Google $METADATA/agent-worker-number); \
 cd ~/$REMOTE_DIR && $(quote "${train[@]}") 2>&1 | tee -a ~/$REMOTE_LOG | \
-if [ \"\$worker\" = 0 ]; then cat; else cat >/dev/null; fi"
+if [ \"\$worker\" = 0 ]; then cat; else cat >/dev/null; fi; status=\$?; \
+if [ \"\$worker\" = 0 ]; then echo \"rho_jax.train exit status: \$status\"; fi; exit \$status"
 }
 
+STOPPED=75  # rho_jax.train's exit code after a stop signal (preemption notice): checkpoint saved, rerun
 restarts=0
-state=$(tpu_state)
+
+# Count one more restart, or give up after --max-restarts.
+restart() {
+  restarts=$((restarts + 1))
+  [[ $restarts -le $max_restarts ]] || die "gave up after $max_restarts restarts ($1)."
+  echo "$1: restart $restarts of $max_restarts"
+  [[ $DRY_RUN == 1 ]] || sleep 60
+}
+
 while true; do
+  state=$(tpu_state)
   case $state in
     READY) ;;
-    NOT_FOUND) create_tpu ;;
-    CREATING | STARTING | RESTARTING | PROVISIONING)
-      echo "TPU $name is $state; waiting"; sleep 30; state=$(tpu_state); continue ;;
-    *) echo "TPU $name is $state; recreating it"; delete_tpu; create_tpu ;;
+    CREATING | STARTING | RESTARTING | PROVISIONING | REPAIRING)
+      echo "TPU $name is $state; waiting"
+      sleep 30
+      continue ;;
+    NOT_FOUND) create_tpu || { restart "could not create $name"; continue; } ;;
+    *)
+      echo "TPU $name is $state; recreating it"
+      { delete_tpu && create_tpu; } || { restart "could not recreate $name"; continue; } ;;
   esac
-  setup_workers
-  status=0
-  train_on_all_workers || status=$?
+  setup_workers || { restart "setting up the workers failed"; continue; }
+  stop_leftover_trainers
+  local_log="${TMPDIR:-/tmp}/rho_jax-$name-$((restarts + 1)).log"
+  train_on_all_workers | tee "$local_log" || true
   if [[ $DRY_RUN == 1 ]]; then
-    echo "(dry run) then, unless training exited 0 on a READY slice: delete and recreate the slice if it was" \
-      "preempted, set up the workers again and rerun the same command, which resumes from the last" \
-      "checkpoint; at most $max_restarts times."
+    echo "(dry run) then: if worker 0's trainer exited 0 on a READY slice, done; if it failed on a healthy slice," \
+      "stop; otherwise (preempted, stopped by a signal, connection lost) recreate the slice if needed, set it up" \
+      "again and rerun the same command, which resumes from the last checkpoint; at most $max_restarts times."
     exit 0
   fi
+  status=$(sed -n 's/^rho_jax.train exit status: \([0-9]*\)$/\1/p' "$local_log" | tail -n 1)
+  status=${status:-lost}  # no status line: the connection or the slice went away
   state=$(tpu_state)
   if [[ $state == READY && $status == 0 ]]; then
     echo "training finished on $name (every worker's log: ~/$REMOTE_LOG). Delete the slice when done:"
     echo "  $(quote gcloud compute tpus tpu-vm delete "$name" "${scope[@]}")"
     exit 0
   fi
-  if [[ $state == READY && $status != 255 ]]; then
+  if [[ $state == READY && $status != lost && $status != "$STOPPED" ]]; then
     die "training exited with status $status on a healthy slice; not retrying (see ~/$REMOTE_LOG on the workers)."
   fi
-  restarts=$((restarts + 1))
-  [[ $restarts -le $max_restarts ]] || die "gave up after $max_restarts restarts (slice $state, last status $status)."
-  echo "slice $state, training status $status: restart $restarts of $max_restarts, resuming from the last checkpoint"
+  restart "slice $state, trainer status $status"
 done

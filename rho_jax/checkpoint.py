@@ -12,13 +12,15 @@ restored into the shardings of the current mesh, whatever mesh saved them.
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
 interrupted by a kill never looks complete. On resume the newest checkpoint that restores is used;
 one that fails to restore (e.g. truncated by hand or by a full disk) is moved, with a warning, to
-`<run>/checkpoints_unreadable/` (never deleted), and the next older one is tried.
+`<run>/checkpoints_unreadable/` (never deleted), and the next older one is tried. With several
+processes a failed restore cannot be retried in step (the other processes are inside orbax's
+collective restore): the process that failed moves the checkpoint aside and stops the run with
+`UnreadableCheckpoint`; rerunning the command resumes from the next older checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from rho_jax.config import CheckpointConfig, ConfigError
-from rho_jax.distributed import barrier, is_primary
+from rho_jax.distributed import any_process
 from rho_jax.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ def _params_state(abstract_params: nnx.State, restored: dict) -> nnx.State:
     return params
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """A multi-process run found its newest checkpoint unreadable (now moved aside); rerun to resume."""
+
+
 def incomplete_saves(directory: Path) -> list[Path]:
     """Temporary directories of saves that never finished (process killed while writing)."""
     return sorted(p for p in directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
@@ -123,12 +129,12 @@ class Checkpointer:
         self.manager.save(step, force=True, args=ocp.args.Composite(**items))
 
     def _check_data_state(self, step: int) -> None:
-        """The checkpoint must hold this process's data-iterator state; a different process count is
-        a clear error (not an unreadable checkpoint to move aside)."""
+        """The checkpoint must hold every process's data-iterator state; a different process count is
+        a clear error on every process (not an unreadable checkpoint to move aside)."""
         directory = self.directory / str(step) / "data"
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         saved = sorted(p.name for p in directory.glob("process_*-of-*.json"))
-        if saved and name not in saved:
+        if any_process(bool(saved) and name not in saved):
             raise ConfigError(
                 f"checkpoint {self.directory / str(step)} was saved by {len(saved)} process(es) reading raw documents "
                 f"({', '.join(saved)}), whose position in the data is per process; this run has "
@@ -153,6 +159,11 @@ class Checkpointer:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as err:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 self._set_aside(step, err)
+                if jax.process_count() > 1:
+                    raise UnreadableCheckpoint(
+                        f"checkpoint step {step} could not be restored on process {jax.process_index()} ({err}); it "
+                        f"was moved to {self.run_dir / UNREADABLE_DIR}. Rerun the same command to resume from the "
+                        "next older checkpoint.") from err
                 continue
             params = _params_state(abstract_params, restored["params"])
             progress = dict(restored["progress"])
@@ -163,14 +174,15 @@ class Checkpointer:
     def _set_aside(self, step: int, err: Exception) -> None:
         source = self.directory / str(step)
         target = self.run_dir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        log.warning("Checkpoint %s cannot be restored (%s: %s); moving it to %s and trying an older one.",
+        log.warning("Checkpoint %s cannot be restored (%s: %s); moving it to %s.",
                     source, type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "", target)
-        barrier(f"checkpoint-{step}-unreadable")
-        if is_primary():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(source), str(target))
-        barrier(f"checkpoint-{step}-moved")
-        self.manager.reload()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            source.rename(target)  # atomic: whichever process fails first moves it, the others find it gone
+        except FileNotFoundError:
+            pass
+        if jax.process_count() == 1:
+            self.manager.reload()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

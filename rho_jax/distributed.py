@@ -10,9 +10,9 @@ A run is multi-process when (checked in this order):
        worker, from TPU_WORKER_HOSTNAMES or the VM's metadata server).
 Otherwise nothing is started and the run is a single process with all local devices. For 2 and 3,
 JAX finds the coordinator, process count and id itself (`jax.distributed.initialize()`). Under
-SLURM a process drives the GPUs bound to its task (CUDA_VISIBLE_DEVICES), else with one task per
-node all of the node's GPUs (SLURM_GPUS_ON_NODE), else the GPU of its local rank (JAX's default);
-`JAX_LOCAL_DEVICE_IDS` overrides all of this. On CPU the processes exchange data with gloo
+SLURM with one task per node a process drives all the node's GPUs it sees (CUDA_VISIBLE_DEVICES
+or SLURM_GPUS_ON_NODE); with several tasks per node, the one GPU bound to its task, or else the GPU
+of its local rank (JAX's default). `JAX_LOCAL_DEVICE_IDS` overrides all of this. On CPU the processes exchange data with gloo
 collectives.
 """
 
@@ -103,10 +103,12 @@ def _slurm_cluster(environ: Mapping[str, str]) -> Cluster | None:
     local_device_ids = None
     if "JAX_LOCAL_DEVICE_IDS" in environ:
         pass  # JAX reads it
-    elif visible:  # SLURM bound GPUs to the task: drive all of them (ids count from 0 after the binding)
-        local_device_ids = tuple(range(len(visible)))
-    elif tasks == nodes and gpus_on_node:  # one task per node drives all of the node's GPUs
-        local_device_ids = tuple(range(gpus_on_node))
+    elif tasks == nodes:  # one task per node drives all the GPUs it sees
+        gpus = len(visible) or gpus_on_node
+        local_device_ids = tuple(range(gpus)) if gpus else None
+    elif len(visible) == 1:  # several tasks per node, one GPU bound to each (it is device 0 of the task)
+        local_device_ids = (0,)
+    # else several tasks share the node's GPUs: JAX's default, the GPU of the task's local rank
     return Cluster(f"SLURM (job {environ['SLURM_JOB_ID']}, {tasks} tasks on {nodes} nodes)",
                    local_device_ids=local_device_ids)
 

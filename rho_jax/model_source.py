@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -83,6 +84,20 @@ def load_model(source: ModelSource, mesh: Mesh, seed: int = 0, what: str = "mode
     return nnx.merge(graphdef, load_params(source, cfg, abstract, mesh, seed))
 
 
+def place_loaded(params: nnx.State, shardings: nnx.State) -> nnx.State:
+    """Parameters loaded whole into every process, placed in `shardings`. With several processes
+    each device takes its slice of the local copy (`jax.device_put` would first check, by gathering
+    every array from every process, that all copies are equal)."""
+    if jax.process_count() == 1:
+        return jax.device_put(params, shardings)
+
+    def place(value: jax.Array, sharding: jax.sharding.Sharding) -> jax.Array:
+        local = np.asarray(value)
+        return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
+
+    return jax.tree.map(place, params, shardings)
+
+
 def load_params(source: ModelSource, cfg: ModelConfig, abstract: nnx.State, mesh: Mesh, seed: int) -> nnx.State:
     """The model's parameters (`abstract`: their state from `model_graph`), sharded over `mesh` by
     the logical-axis rules."""
@@ -96,4 +111,4 @@ def load_params(source: ModelSource, cfg: ModelConfig, abstract: nnx.State, mesh
         return load_checkpoint_params(step_dir, abstract, shardings)
     opts = source.options
     model = load_hf(path, options=opts) if source.init == "hf" else load_orbax(path, options=opts)
-    return jax.device_put(nnx.state(model, nnx.Param), shardings)
+    return place_loaded(nnx.state(model, nnx.Param), shardings)

@@ -33,6 +33,7 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 DONE_FILE = "done.json"
+WRITE_PROBE = ".write-test-"
 
 # Settings that may change between a run and its resumption (they do not change what is trained;
 # output_dir may differ when a run directory was moved).
@@ -61,7 +62,7 @@ def check_output_dir(cfg: TrainConfig) -> Path:
         raise ConfigError(f"output_dir {path} exists and is not a directory.")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{socket.gethostname()}-{os.getpid()}"  # unique across hosts sharing it
+        probe = path / f"{WRITE_PROBE}{socket.gethostname()}-{os.getpid()}"  # unique across hosts sharing it
         probe.write_text("")
         probe.unlink()
     except OSError as err:
@@ -75,7 +76,7 @@ def check_output_dir(cfg: TrainConfig) -> Path:
                 + "\n  ".join(changed)
                 + "\nUse a new output_dir, or restore the original values to resume."
             )
-    elif any(path.iterdir()):
+    elif any(not p.name.startswith(WRITE_PROBE) for p in path.iterdir()):  # other processes' probes may be there
         raise ConfigError(f"output_dir {path} is a non-empty directory that is not a rho_jax run; choose a new one.")
     return path
 

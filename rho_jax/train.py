@@ -4,8 +4,9 @@
 
 Everything that can be wrong with the config, the data, the models or the output directory is
 checked before anything is compiled. Rerunning the same command resumes from the newest complete
-checkpoint. SIGTERM (preemption) or Ctrl-C saves a checkpoint after the current step and exits.
-A NaN/Inf loss stops the run without saving; the last good checkpoint stays as it was.
+checkpoint. SIGTERM (preemption) or Ctrl-C saves a checkpoint after the current step and exits with
+code 75 (`STOPPED`: rerun to resume). A NaN/Inf loss stops the run without saving (exit code 1);
+the last good checkpoint stays as it was.
 
 On several processes (hosts) every process runs this same command; the cluster is detected from
 SLURM or the TPU VM, or given with --coordinator_address/--num_processes/--process_id
@@ -32,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rho_jax.batch import BATCH_KEYS
-from rho_jax.checkpoint import Checkpointer, interval_crossed
+from rho_jax.checkpoint import Checkpointer, UnreadableCheckpoint, interval_crossed
 from rho_jax.config import ConfigError, TrainConfig, load_config
 from rho_jax.data import (
     eval_batches,
@@ -54,6 +55,9 @@ from rho_jax.step import TrainState, build_train_step, jit_train_step, new_train
 from rho_jax.train_log import TrainLog
 
 log = logging.getLogger("rho_jax.train")
+
+STOPPED = 75  # exit code of a run stopped by a signal after saving a checkpoint (EX_TEMPFAIL: rerun)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf."""
@@ -242,11 +246,10 @@ class Trainer:
                          f"{processes} in {self.run_dir}")
             if self.eval_sets and not self.resumed:
                 self._evaluate(log_)
-            self._loop(log_)
-            if self.stop_signal is not None:
+            if self._loop(log_):
                 log_.message(f"{self.stop_signal}: saved a checkpoint at step {self.step}; "
                              "rerun the same command to resume.")
-                return 0
+                return STOPPED
             if self.eval_sets:
                 self._evaluate(log_)
             if is_primary():
@@ -266,7 +269,9 @@ class Trainer:
             self.stop_signal = "a stop signal on another process"
         return stopping
 
-    def _loop(self, log_: TrainLog) -> None:
+    def _loop(self, log_: TrainLog) -> bool:
+        """Train to the last step; True if all processes agreed to stop earlier (a stop signal).
+        A signal arriving after the last step's agreement is ignored, on every process alike."""
         cfg = self.cfg
         sharding = batch_sharding(self.mesh)
         clock = time.perf_counter()
@@ -283,7 +288,7 @@ class Trainer:
             if last or stopping or interval_crossed(before, self.tokens, cfg.checkpoint.every_tokens):
                 self._save()
             if stopping:
-                break
+                return True
             if self.eval_sets and cfg.eval.every_tokens and not last and interval_crossed(
                     before, self.tokens, cfg.eval.every_tokens):
                 self._evaluate(log_)
@@ -309,9 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ClusterError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except UnreadableCheckpoint as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     try:
         return trainer.run()
-    except TrainingDiverged as err:
+    except (TrainingDiverged, UnreadableCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

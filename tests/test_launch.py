@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -52,16 +53,18 @@ def test_tpu_pod_dry_run_creates_sets_up_and_trains_on_every_worker():
                        "--bucket", "gs://my-bucket", "--", "output_dir=/mnt/gcs/runs/m7", "slm.ratio=0.7")
     scope = "--zone=us-east5-a"
     assert commands[0] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "rho-7b", scope, "--format=value(state)"]
-    assert commands[1] == ["gcloud", "compute", "tpus", "queued-resources", "create", "rho-7b", "--node-id=rho-7b",
+    assert commands[1][:5] == ["gcloud", "compute", "tpus", "queued-resources", "describe"]  # an earlier request?
+    assert commands[2] == ["gcloud", "compute", "tpus", "queued-resources", "create", "rho-7b", "--node-id=rho-7b",
                            "--accelerator-type=v5p-128", "--runtime-version=v2-alpha-tpuv5", "--spot", scope]
-    assert commands[2][:5] == ["gcloud", "compute", "tpus", "queued-resources", "describe"]
-    assert commands[3][:2] == ["tar", "-C"] and "--exclude-vcs-ignores" in commands[3]
-    assert commands[4][:4] == ["gcloud", "compute", "tpus", "tpu-vm"] and commands[4][4] == "scp"
+    assert commands[3][:5] == ["gcloud", "compute", "tpus", "queued-resources", "describe"]  # wait until ACTIVE
+    assert commands[4][:2] == ["git", "-C"] and "--exclude-standard" in commands[4] and "tar" in commands[4]
+    assert commands[5][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
     ssh = [c for c in commands if c[4:6] == ["ssh", "rho-7b"]]
-    assert len(ssh) == 3 and all("--worker=all" in c and scope in c for c in ssh)
-    install, mount, train = (c[-1].removeprefix("--command=") for c in ssh)
+    assert len(ssh) == 4 and all("--worker=all" in c and scope in c for c in ssh)
+    install, mount, stop, train = (c[-1].removeprefix("--command=") for c in ssh)
     assert "python3.11 -m venv .venv" in install and ".venv/bin/pip install -q -e '.[tpu]'" in install
     assert "gcsfuse --implicit-dirs --rename-dir-limit=1000000 my-bucket /mnt/gcs" in mount
+    assert "pkill -INT -f '[r]ho_jax.train'" in stop
     trainer = train.split("cd ~/rho_jax && ")[1].split(" 2>&1")[0]
     assert shlex.split(trainer) == [".venv/bin/python", "-m", "rho_jax.train", "--config", CONFIG,
                                     "output_dir=/mnt/gcs/runs/m7", "slm.ratio=0.7"]
@@ -86,12 +89,12 @@ def test_gpu_single_host_dry_run():
     assert command[5:] == [".venv/bin/python", "-m", "rho_jax.train", "--config", CONFIG, "train.total_steps=10"]
 
 
-@pytest.mark.parametrize("per_gpu, layout", [(False, ["--ntasks-per-node=1", "--gpus-per-task=8"]),
-                                             (True, ["--ntasks-per-node=8", "--gpus-per-task=1"])])
+@pytest.mark.parametrize("per_gpu, layout", [(False, ["--ntasks=4", "--ntasks-per-node=1", "--gpus-per-task=8"]),
+                                             (True, ["--ntasks=32", "--ntasks-per-node=8", "--gpus-per-task=1"])])
 def test_slurm_dry_run(per_gpu, layout):
     (command,) = dry_run("slurm.sbatch", "--config", CONFIG, *(["--per-gpu"] if per_gpu else []), "--",
                          "slm.ratio=0.7")
-    assert command[:5] == ["srun", "--nodes=4", *layout, "--kill-on-bad-exit=1"]
+    assert command[:6] == ["srun", "--nodes=4", *layout, "--kill-on-bad-exit=1"]
     assert command[-6:] == [".venv/bin/python", "-m", "rho_jax.train", "--config", CONFIG, "slm.ratio=0.7"]
 
 
@@ -125,3 +128,73 @@ def test_bad_arguments_are_refused(script, args, message):
 def test_slurm_outside_a_job_is_refused():
     result = launch("slurm.sbatch", "--config", CONFIG)
     assert result.returncode == 2 and "not inside a SLURM job" in result.stderr
+
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# A stand-in for gcloud: logs its arguments; TPU states and trainer exit statuses come from queues.
+echo "$*" >> "$FAKE/calls"
+pop() { local first; first=$(head -n 1 "$FAKE/$1"); sed -i 1d "$FAKE/$1"; echo "$first"; }
+case "$*" in
+  *"tpu-vm describe"*) state=$(pop states); [[ $state == NOT_FOUND ]] && exit 1; echo "$state" ;;
+  *"queued-resources describe"*) echo ACTIVE ;;
+  *"rho_jax.train exit status"*)
+    status=$(pop trainer)
+    [[ $status == lost ]] && exit 255
+    echo "rho_jax.train exit status: $status"; exit "$status" ;;
+esac
+exit 0
+"""
+
+
+def run_tpu_loop(tmp_path, states, trainer, *extra):
+    """Run tpu_pod.sh against a fake gcloud (and a sleep that returns at once); (result, gcloud calls)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "states").write_text("\n".join(states) + "\n")
+    (fake / "trainer").write_text("\n".join(trainer) + "\n")
+    (fake / "calls").write_text("")
+    for name, body in (("gcloud", FAKE_GCLOUD), ("sleep", "#!/usr/bin/env bash\nexit 0\n")):
+        (fake / name).write_text(body)
+        (fake / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE": str(fake), "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), *TPU, *extra], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    return result, (fake / "calls").read_text().splitlines()
+
+
+def count(calls, text):
+    return sum(text in call for call in calls)
+
+
+@pytest.mark.parametrize("states, trainer, code, creates, deletes, trainings, message", [
+    (["NOT_FOUND", "READY"], ["0"], 0, 1, 0, 1, "training finished on rho-7b"),
+    # preempted mid-run (connection lost): recreate, set up again, resume
+    (["READY", "PREEMPTED", "PREEMPTED", "READY"], ["lost", "0"], 0, 1, 1, 2, "restart 1 of 20"),
+    # stopped by a signal on a healthy slice (exit 75): rerun on the same slice
+    (["READY", "READY", "READY", "READY"], ["75", "0"], 0, 0, 0, 2, "trainer status 75: restart 1 of 20"),
+    # a training error on a healthy slice is not retried
+    (["READY", "READY"], ["1"], 2, 0, 0, 1, "training exited with status 1 on a healthy slice; not retrying"),
+])
+def test_tpu_pod_resume_loop(tmp_path, states, trainer, code, creates, deletes, trainings, message):
+    result, calls = run_tpu_loop(tmp_path, states, trainer)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
+    assert count(calls, "tpu-vm create") == creates and count(calls, "tpu-vm delete") == deletes
+    assert count(calls, "rho_jax.train exit status") == trainings
+    assert count(calls, "pkill -INT") == trainings  # leftover trainers are stopped before every attempt
+
+
+def test_tpu_pod_gives_up_after_max_restarts(tmp_path):
+    result, calls = run_tpu_loop(tmp_path, ["READY"] * 4, ["lost", "lost"], "--max-restarts", "1")
+    assert result.returncode == 2 and "gave up after 1 restarts" in result.stderr
+    assert count(calls, "rho_jax.train exit status") == 2
+
+
+def test_tpu_pod_archive_holds_the_code_but_nothing_git_ignores(tmp_path):
+    archive = tmp_path / "code.tar.gz"
+    result = launch("tpu_pod.sh", "--archive-only", str(archive))
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"rho_jax/train.py", "launch/tpu_pod.sh", CONFIG, "pyproject.toml"} <= names
+    assert not [n for n in names if n.startswith((".venv/", "runs/", ".git/")) or "__pycache__" in n]

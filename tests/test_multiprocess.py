@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import yaml
 
+from rho_jax.convert import main as convert
 from rho_jax.data.prepare import main as prepare
 from rho_jax.distributed import Cluster, ClusterError, add_cluster_arguments, detect_cluster
 from rho_jax.run_dir import read_jsonl
-from rho_jax.train import main
+from rho_jax.train import STOPPED, main
 from train_runs import ROOT, TINY, checkpoint_steps, final_params, losses, model_yaml, run_config
 
 # Same global batches and computation; only the grouping of floating-point sums may differ (by
@@ -77,8 +78,9 @@ def eval_losses(run: Path) -> list[float]:
 def cluster_runs(tmp_path_factory):
     """(directory, config sections of an SLM run on prepared rows, `config(name)` -> its config file).
 
-    The directory holds `reference` (a CLM run on raw documents, the SLM run's reference model)
-    and `slm`, the SLM run trained by one process with 8 devices.
+    The directory holds `reference` (a CLM run on raw documents), `reference-hf` (its export to
+    Hugging Face format: the SLM runs load it as every process of a cluster loads an HF model) and
+    `slm`, the SLM run trained by one process with 8 devices.
     """
     tmp = tmp_path_factory.mktemp("cluster")
     prepared = {}
@@ -90,7 +92,8 @@ def cluster_runs(tmp_path_factory):
     assert main(["--config", str(run_config(tmp, "reference", model=model, eval={"sets": {}}))]) == 0
     sources = [{"name": name, "paths": [str(path / "*.array_record")], "weight": weight}
                for (name, path), weight in zip(prepared.items(), (1, 3))]
-    sections = dict(model=model, reference={"init": "checkpoint", "path": str(tmp / "reference")}, slm={"ratio": 0.5},
+    assert convert(["to-hf", str(tmp / "reference"), str(tmp / "reference-hf")]) == 0
+    sections = dict(model=model, reference={"init": "hf", "path": str(tmp / "reference-hf")}, slm={"ratio": 0.5},
                     data={"sources": sources})
     assert main(["--config", str(run_config(tmp, "slm", **sections))]) == 0
     return tmp, lambda name: run_config(tmp, name, **sections)
@@ -129,6 +132,22 @@ def test_run_saved_on_8_devices_resumes_on_another_mesh(cluster_runs, processes,
     np.testing.assert_allclose(list(resumed.values()), list(uninterrupted.values()), **CLOSE)
 
 
+def test_an_unreadable_checkpoint_stops_the_cluster_and_the_rerun_resumes_from_the_one_before(cluster_runs):
+    tmp, config = cluster_runs
+    run = tmp / "slm-unreadable"
+    shutil.copytree(tmp / "slm", run)
+    (run / "done.json").unlink()
+    for path in (run / "checkpoints" / "8" / "params").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")  # e.g. a disk that filled up after orbax marked the save complete
+    results = run_processes(config(run.name), processes=2, devices=4)
+    assert [code for code, _ in results] == [1, 1], results
+    assert "checkpoint step 8 could not be restored" in results[0][1] + results[1][1]
+    assert checkpoint_steps(run) == [3, 5] and len(list((run / "checkpoints_unreadable").iterdir())) == 1
+    assert_succeeded(run_processes(config(run.name), processes=2, devices=4))
+    np.testing.assert_allclose(list(losses(run).values()), list(losses(tmp / "slm").values()), **CLOSE)
+
+
 def test_raw_document_runs_resume_only_on_the_same_process_count(cluster_runs):
     tmp, _ = cluster_runs
     shutil.copytree(tmp / "reference", tmp / "reference-copy")
@@ -161,7 +180,7 @@ def test_a_stop_signal_on_one_process_stops_all_after_the_same_step(cluster_runs
         time.sleep(0.05)
     started[1].send_signal(signal.SIGTERM)  # a preemption notice on one worker only
     results = finish(started)
-    assert [code for code, _ in results] == [0, 0], results
+    assert [code for code, _ in results] == [STOPPED, STOPPED], results
     stopped_at = len(read_jsonl(run / "metrics.jsonl"))
     assert stopped_at < 8 and checkpoint_steps(run)[-1] == stopped_at
     assert f"a stop signal on another process: saved a checkpoint at step {stopped_at}" in results[0][1]
@@ -183,6 +202,8 @@ SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-4]", "SLURM_PROCID": "
      Cluster("SLURM (job 7, 32 tasks on 4 nodes)")),  # a task per GPU: JAX picks the GPU of the local rank
     ([], {**SLURM, "SLURM_NTASKS": "32", "SLURM_STEP_NUM_NODES": "4", "CUDA_VISIBLE_DEVICES": "5"},
      Cluster("SLURM (job 7, 32 tasks on 4 nodes)", local_device_ids=(0,))),  # the one GPU bound to the task
+    ([], {**SLURM, "SLURM_NTASKS": "32", "SLURM_STEP_NUM_NODES": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
+     Cluster("SLURM (job 7, 32 tasks on 4 nodes)")),  # GPUs not bound per task: the GPU of the local rank
     ([], {**SLURM, "SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "4", "SLURM_GPUS_ON_NODE": "8"},
      Cluster("SLURM (job 7, 4 tasks on 4 nodes)", local_device_ids=tuple(range(8)))),  # a task per node
     ([], {**SLURM, "SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3"},

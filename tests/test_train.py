@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rho_jax.train import main
+from rho_jax.train import STOPPED, main
 
 from train_runs import ROOT, TOKENS_PER_STEP, checkpoint_steps, losses, read_jsonl, run_config
 
@@ -119,7 +119,7 @@ def test_sigterm_saves_and_resume_is_exact(reference_run, tmp_path):
     _wait_for(lambda: _metric_lines(run) >= 1, process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
+    assert process.returncode == STOPPED, output
     stopped_at = len(read_jsonl(run / "metrics.jsonl"))
     assert stopped_at < 8 and "SIGTERM: saved a checkpoint at step" in output
     assert checkpoint_steps(run)[-1] == stopped_at

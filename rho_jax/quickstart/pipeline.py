@@ -128,6 +128,9 @@ def run_plans(settings: Settings, out: Path) -> tuple[RunPlan, list[tuple[int, R
 def train_run(plan: RunPlan, index: int, total: int) -> None:
     print(f"\n==> [{index}/{total}] {plan.title}\n    {plan.command}", flush=True)
     code = train.main(plan.argv)
+    if code == train.STOPPED:
+        raise QuickstartError(f"{plan.title} was stopped after saving a checkpoint; rerun the same quickstart "
+                              "command to resume.")
     if code != 0:
         raise QuickstartError(f"{plan.title} failed (exit code {code}); see the error above. "
                               "Rerun the same quickstart command to resume once it is fixed.")
