@@ -1,13 +1,15 @@
-"""Benchmark the train step: CLM vs SLM with an online reference, side by side in one run.
+"""Benchmark the train step: CLM, SLM with an online reference and SLM on precomputed scores, in one run.
 
     python -m rho_jax.bench [--model configs/models/tiny-cpu.yaml] [--reference SAME]
                             [--batch 8] [--seq-len 256] [--steps 10] [--dtype float32]
 
-Both steps run on the same model, batch and mesh; their timed steps are interleaved round by
-round so machine noise hits both alike. Reports step time (median), tokens/s, the SLM/CLM time
-ratio next to the FLOP-count ratio (6N + 2N_ref) / 6N, and memory: the compiled program's
-arguments + temporaries per device (XLA's memory analysis), plus the allocator's peak where the
-platform reports it (GPU/TPU).
+All steps run on the same model, batch and mesh; their timed steps are interleaved round by round
+so machine noise hits all alike. The precomputed variant reads the reference's per-token loss and
+entropy with the batch (`reference: {init: precomputed}`), so it should cost what CLM costs; the
+online one should cost about the FLOP-count ratio (6N + 2N_ref) / 6N. The reference forward of
+`python -m rho_jax.score` is timed alongside (scoring throughput). Reports step time (median),
+tokens/s, time relative to CLM, and memory: the compiled program's arguments + temporaries per
+device (XLA's memory analysis), plus the allocator's peak where the platform reports it (GPU/TPU).
 """
 
 from __future__ import annotations
@@ -25,24 +27,42 @@ from flax import nnx
 from rho_jax.batch import batch_from_tokens
 from rho_jax.models import Llama, ModelConfig, ModelOptions
 from rho_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from rho_jax.score import build_reference_scorer
 from rho_jax.sharding import MeshConfig, batch_sharding, make_mesh
 from rho_jax.step import SLMConfig, build_train_step, init_train_state, jit_train_step, place_reference
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "configs" / "models" / "tiny-cpu.yaml"
 
 
-def build_variant(name, model, reference, slm_cfg, mesh, batch):
-    """(jitted step, state, ref params, compiled memory bytes) for one variant."""
+def _memory_bytes(jitted, *args) -> int | None:
+    memory = jitted.lower(*args).compile().memory_analysis()
+    return memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory is not None else None
+
+
+def build_variant(name, model, reference, slm_cfg, mesh, batch, precomputed=False):
+    """A timed train step: its jitted function, state, ref params, batch and compiled memory bytes."""
     opt_cfg = OptimizerConfig(learning_rate=1e-4, total_steps=1000)
     optimizer = make_optimizer(opt_cfg, nnx.state(model, nnx.Param))
     state, shardings = init_train_state(model, optimizer, mesh)
     ref_params, ref_shardings = place_reference(reference, mesh) if reference is not None else (None, None)
     step = build_train_step(nnx.graphdef(model), nnx.graphdef(reference) if reference is not None else None,
-                            slm_cfg, optimizer, learning_rate_schedule(opt_cfg))
+                            slm_cfg, optimizer, learning_rate_schedule(opt_cfg), precomputed_reference=precomputed)
     jitted = jit_train_step(step, shardings, ref_shardings, mesh, tuple(batch))
-    memory = jitted.lower(state, batch, ref_params).compile().memory_analysis()
-    memory_bytes = memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory is not None else None
-    return {"name": name, "step": jitted, "state": state, "ref": ref_params, "memory": memory_bytes, "times": []}
+    def run_step(v):
+        v["state"], metrics = jitted(v["state"], batch, ref_params)
+        return metrics
+
+    return {"name": name, "run": run_step, "state": state, "memory": _memory_bytes(jitted, state, batch, ref_params),
+            "times": []}
+
+
+def build_scoring(reference, mesh, batch, chunk):
+    """The reference forward of `python -m rho_jax.score` on the same batch, timed like a variant."""
+    ref_params, ref_shardings = place_reference(reference, mesh)
+    forward = build_reference_scorer(nnx.graphdef(reference), ref_shardings, mesh, chunk)
+    inputs = {k: batch[k] for k in ("input_ids", "targets", "segment_ids")}
+    return {"name": "reference scoring (rho_jax.score)", "run": lambda v: forward(ref_params, inputs),
+            "memory": _memory_bytes(forward, ref_params, inputs), "times": []}
 
 
 def peak_allocator_bytes() -> int | None:
@@ -58,17 +78,23 @@ def run(args: argparse.Namespace) -> list[dict]:
     reference = Llama(ref_cfg, options, rngs=nnx.Rngs(1))
     mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))
     rng = np.random.default_rng(0)
-    host_batch = batch_from_tokens(rng.integers(0, cfg.vocab_size, (args.batch, args.seq_len + 1)))
+    tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq_len + 1))
+    host_batch = batch_from_tokens(tokens, np.ones_like(tokens))
+    scores = {"ref_loss": rng.uniform(0, 8, tokens[:, 1:].shape).astype(np.float32),
+              "ref_entropy": rng.uniform(0, 8, tokens[:, 1:].shape).astype(np.float32)}
     batch = jax.device_put(host_batch, batch_sharding(mesh))  # once: the timed steps exclude the transfer
+    scored_batch = batch | jax.device_put(scores, batch_sharding(mesh))
+    slm_cfg = SLMConfig(ratio=args.ratio, ce_chunk_size=args.chunk)
     variants = [
         build_variant("CLM", model, None, SLMConfig(ratio=1.0, ce_chunk_size=args.chunk), mesh, batch),
-        build_variant("SLM (online reference)", model, reference, SLMConfig(ratio=args.ratio, ce_chunk_size=args.chunk), mesh, batch),
+        build_variant("SLM (online reference)", model, reference, slm_cfg, mesh, batch),
+        build_variant("SLM (precomputed scores)", model, None, slm_cfg, mesh, scored_batch, precomputed=True),
+        build_scoring(reference, mesh, batch, args.chunk),
     ]
     for round_index in range(args.warmup + args.steps):
         for v in variants:
             start = time.perf_counter()
-            v["state"], metrics = v["step"](v["state"], batch, v["ref"])
-            jax.block_until_ready(metrics)
+            jax.block_until_ready(v["run"](v))
             if round_index >= args.warmup:
                 v["times"].append(time.perf_counter() - start)
     tokens = args.batch * args.seq_len

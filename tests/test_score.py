@@ -16,9 +16,10 @@ from rho_jax.data.scores import METADATA_FILE, read_metadata, record_to_scores, 
 from rho_jax.data.sources import open_source
 from rho_jax.parity import build_tiny_tokenizer
 from rho_jax.run_dir import read_jsonl
+from rho_jax.score import ScoreConfig
 from rho_jax.score import main as score_main
 from rho_jax.train import main as train
-from train_runs import TINY, final_params, losses, model_yaml, run_config
+from train_runs import ROOT, TINY, final_params, losses, model_yaml, run_config
 
 SEQ_LEN = 32
 
@@ -183,3 +184,10 @@ def test_scoring_into_another_runs_output_is_refused(scored, capsys):
     config = score_config(tmp, "scores32", rows, reference, dtype="float16")  # same output, other dtype
     assert score_main(["--config", str(config)]) == 2
     assert "holds scores of another run (different dtype)" in capsys.readouterr().err
+
+
+def test_shipped_score_config_loads():
+    cfg = load_config(ROOT / "configs/score/tinyllama.yaml", cls=ScoreConfig)
+    assert cfg.reference.init == "checkpoint" and cfg.dtype == "float32"
+    train_cfg = load_config(ROOT / "configs/tinyllama-slm-precomputed.yaml")
+    assert train_cfg.precomputed_reference and train_cfg.data.sources[0].scores == cfg.output
