@@ -8,12 +8,8 @@ on 4 devices or on 2 processes with the losses of the uninterrupted run (reshard
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,48 +22,13 @@ from rho_jax.data.prepare import main as prepare
 from rho_jax.distributed import Cluster, ClusterError, add_cluster_arguments, detect_cluster
 from rho_jax.run_dir import read_jsonl
 from rho_jax.train import STOPPED, main
-from train_runs import ROOT, TINY, checkpoint_steps, final_params, losses, model_yaml, run_config
+
+from cluster_runs import assert_succeeded, finish, run_processes, start_processes
+from train_runs import TINY, checkpoint_steps, final_params, losses, model_yaml, run_config
 
 # Same global batches and computation; only the grouping of floating-point sums may differ (by
 # process or by device count), which moves a float32 loss of ~8 by at most an ulp or two (1e-6).
 CLOSE = dict(rtol=2e-6, atol=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_processes(config: Path, processes: int, devices: int) -> list[subprocess.Popen]:
-    """Start `python -m rho_jax.train --config config` as the `processes` processes of one cluster,
-    each with `devices` CPU devices (a single process is started without cluster flags)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    command = [sys.executable, "-m", "rho_jax.train", "--config", str(config)]
-    if processes > 1:
-        command += ["--coordinator_address", f"127.0.0.1:{free_port()}", "--num_processes", str(processes)]
-    return [subprocess.Popen(command + (["--process_id", str(i)] if processes > 1 else []), cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for i in range(processes)]
-
-
-def finish(started: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
-    """(exit code, output) of each started process (all are killed if one times out)."""
-    try:
-        outputs = [process.communicate(timeout=timeout)[0] for process in started]
-    finally:
-        for process in started:
-            process.kill()
-    return [(process.returncode, output) for process, output in zip(started, outputs)]
-
-
-def run_processes(config: Path, processes: int, devices: int) -> list[tuple[int, str]]:
-    return finish(start_processes(config, processes, devices))
-
-
-def assert_succeeded(results: list[tuple[int, str]]) -> None:
-    for i, (code, output) in enumerate(results):
-        assert code == 0, f"process {i} exited with {code}:\n{output[-4000:]}"
 
 
 def eval_losses(run: Path) -> list[float]:

@@ -19,6 +19,7 @@ from rho_jax.run_dir import read_jsonl
 from rho_jax.score import ScoreConfig
 from rho_jax.score import main as score_main
 from rho_jax.train import main as train
+from cluster_runs import assert_succeeded, run_processes
 from train_runs import ROOT, TINY, final_params, losses, model_yaml, run_config
 
 SEQ_LEN = 32
@@ -191,3 +192,12 @@ def test_shipped_score_config_loads():
     assert cfg.reference.init == "checkpoint" and cfg.dtype == "float32"
     train_cfg = load_config(ROOT / "configs/tinyllama-slm-precomputed.yaml")
     assert train_cfg.precomputed_reference and train_cfg.data.sources[0].scores == cfg.output
+
+
+def test_scoring_on_two_processes_writes_the_same_scores(scored):
+    tmp, rows, reference, scores_dir, _ = scored
+    config = score_config(tmp, "scores-2proc", rows, reference)
+    assert_succeeded(run_processes(config, processes=2, devices=4, module="rho_jax.score"))
+    assert read_metadata(tmp / "scores-2proc")["complete"]
+    for shard, values in stored(tmp / "scores-2proc").items():
+        np.testing.assert_allclose(values, stored(scores_dir)[shard], rtol=1e-6, atol=1e-6)
