@@ -1,30 +1,40 @@
-"""Benchmark the train step: CLM, SLM with an online reference and SLM on precomputed scores, in one run.
+"""Benchmark the train step against the hardware and against the PyTorch way of doing SLM.
 
     python -m rho_jax.bench [--model configs/models/tiny-cpu.yaml] [--reference SAME]
                             [--batch 8] [--seq-len 256] [--steps 10] [--dtype float32]
+                            [--peak-tflops X] [--no-peer]
 
-All steps run on the same model, batch and mesh; their timed steps are interleaved round by round
-so machine noise hits all alike. The precomputed variant reads the reference's per-token loss and
-entropy with the batch (`reference: {init: precomputed}`), so it should cost what CLM costs; the
-online one should cost about the FLOP-count ratio (6N + 2N_ref) / 6N. The reference forward of
-`python -m rho_jax.score` is timed alongside (scoring throughput). Reports step time (median),
-tokens/s, time relative to CLM, and memory: the compiled program's arguments + temporaries per
-device (XLA's memory analysis), plus the allocator's peak where the platform reports it (GPU/TPU).
+In one process, on the same model config, batch and mesh, interleaved round by round so machine
+noise hits all alike:
+    CLM                        the plain causal-LM step
+    SLM (online reference)     reference forward + selection inside the step
+    SLM (precomputed scores)   the reference's losses come with the batch (`reference: precomputed`)
+    reference scoring          the forward of `python -m rho_jax.score` (scoring throughput)
+    selection (top-k)          the SLM selection alone on the batch's scores
+    PyTorch peer               `rho_jax.bench_peer`: transformers + torch.topk, same model and batch
+Reports step time (median), tokens/s, time relative to CLM, model FLOPs utilization (`rho_jax.flops`;
+needs the device's peak, known for common accelerators or given with --peak-tflops), memory (the
+compiled program's arguments + temporaries per device, and the allocator's peak where the platform
+reports it), the selection's share of the SLM step, and rho_jax SLM time / PyTorch peer time.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
+from rho_jax import flops, slm
 from rho_jax.batch import batch_from_tokens
+from rho_jax.bench_peer import TorchSLMStep
 from rho_jax.models import Llama, ModelConfig, ModelOptions
 from rho_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from rho_jax.score import build_reference_scorer
@@ -34,13 +44,17 @@ from rho_jax.step import SLMConfig, build_train_step, init_train_state, jit_trai
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "configs" / "models" / "tiny-cpu.yaml"
 
 
-def _memory_bytes(jitted, *args) -> int | None:
+def _memory_bytes(jitted: Any, *args: Any) -> int | None:
     memory = jitted.lower(*args).compile().memory_analysis()
     return memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory is not None else None
 
 
-def build_variant(name, model, reference, slm_cfg, mesh, batch, precomputed=False):
-    """A timed train step: its jitted function, state, ref params, batch and compiled memory bytes."""
+def _variant(name: str, run: Callable[[], Any], memory: int | None, flops_per_step: float | None) -> dict[str, Any]:
+    return {"name": name, "run": run, "memory": memory, "flops": flops_per_step, "times": []}
+
+
+def train_variant(name, model, reference, slm_cfg, mesh, batch, flops_per_step, precomputed=False) -> dict[str, Any]:
+    """A train step (its state is carried from call to call, the buffers donated)."""
     opt_cfg = OptimizerConfig(learning_rate=1e-4, total_steps=1000)
     optimizer = make_optimizer(opt_cfg, nnx.state(model, nnx.Param))
     state, shardings = init_train_state(model, optimizer, mesh)
@@ -48,21 +62,34 @@ def build_variant(name, model, reference, slm_cfg, mesh, batch, precomputed=Fals
     step = build_train_step(nnx.graphdef(model), nnx.graphdef(reference) if reference is not None else None,
                             slm_cfg, optimizer, learning_rate_schedule(opt_cfg), precomputed_reference=precomputed)
     jitted = jit_train_step(step, shardings, ref_shardings, mesh, tuple(batch))
-    def run_step(v):
-        v["state"], metrics = jitted(v["state"], batch, ref_params)
+    memory = _memory_bytes(jitted, state, batch, ref_params)
+    carried = {"state": state}
+
+    def run() -> Any:
+        carried["state"], metrics = jitted(carried["state"], batch, ref_params)
         return metrics
 
-    return {"name": name, "run": run_step, "state": state, "memory": _memory_bytes(jitted, state, batch, ref_params),
-            "times": []}
+    return _variant(name, run, memory, flops_per_step)
 
 
-def build_scoring(reference, mesh, batch, chunk):
-    """The reference forward of `python -m rho_jax.score` on the same batch, timed like a variant."""
+def scoring_variant(reference, mesh, batch, chunk, flops_per_step) -> dict[str, Any]:
+    """The reference forward of `python -m rho_jax.score` on the same batch."""
     ref_params, ref_shardings = place_reference(reference, mesh)
     forward = build_reference_scorer(nnx.graphdef(reference), ref_shardings, mesh, chunk)
     inputs = {k: batch[k] for k in ("input_ids", "targets", "segment_ids")}
-    return {"name": "reference scoring (rho_jax.score)", "run": lambda v: forward(ref_params, inputs),
-            "memory": _memory_bytes(forward, ref_params, inputs), "times": []}
+    return _variant("reference scoring (rho_jax.score)", lambda: forward(ref_params, inputs),
+                    _memory_bytes(forward, ref_params, inputs), flops_per_step)
+
+
+def selection_variant(batch, scores, ratio) -> dict[str, Any]:
+    """The SLM selection alone: excess scores and the global top-k over the whole batch."""
+    select = jax.jit(lambda loss, ref_loss, valid: slm.select_by_score("excess", ratio, valid, loss=loss, ref_loss=ref_loss))
+    args = (scores["ref_entropy"], scores["ref_loss"], batch["valid"])  # any two float arrays of the right shape
+    return _variant("selection (top-k over the batch)", lambda: select(*args), _memory_bytes(select, *args), None)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def peak_allocator_bytes() -> int | None:
@@ -70,7 +97,7 @@ def peak_allocator_bytes() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     options = ModelOptions(dtype=args.dtype, scan_layers=True, remat=args.remat)
     cfg = ModelConfig.from_file(args.model)
     ref_cfg = ModelConfig.from_file(args.reference or args.model)
@@ -80,52 +107,74 @@ def run(args: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq_len + 1))
     host_batch = batch_from_tokens(tokens, np.ones_like(tokens))
-    scores = {"ref_loss": rng.uniform(0, 8, tokens[:, 1:].shape).astype(np.float32),
-              "ref_entropy": rng.uniform(0, 8, tokens[:, 1:].shape).astype(np.float32)}
+    host_scores = {"ref_loss": rng.uniform(0, 8, tokens[:, 1:].shape).astype(np.float32),
+                   "ref_entropy": rng.uniform(0, 8, tokens[:, 1:].shape).astype(np.float32)}
     batch = jax.device_put(host_batch, batch_sharding(mesh))  # once: the timed steps exclude the transfer
-    scored_batch = batch | jax.device_put(scores, batch_sharding(mesh))
+    scores = jax.device_put(host_scores, batch_sharding(mesh))
+    n_tokens = args.batch * args.seq_len
+    train_flops = n_tokens * flops.train_flops_per_token(cfg, args.seq_len)
+    ref_flops = n_tokens * flops.reference_flops_per_token(ref_cfg, args.seq_len)
     slm_cfg = SLMConfig(ratio=args.ratio, ce_chunk_size=args.chunk)
     variants = [
-        build_variant("CLM", model, None, SLMConfig(ratio=1.0, ce_chunk_size=args.chunk), mesh, batch),
-        build_variant("SLM (online reference)", model, reference, slm_cfg, mesh, batch),
-        build_variant("SLM (precomputed scores)", model, None, slm_cfg, mesh, scored_batch, precomputed=True),
-        build_scoring(reference, mesh, batch, args.chunk),
+        train_variant("CLM", model, None, SLMConfig(ratio=1.0, ce_chunk_size=args.chunk), mesh, batch, train_flops),
+        train_variant("SLM (online reference)", model, reference, slm_cfg, mesh, batch, train_flops + ref_flops),
+        train_variant("SLM (precomputed scores)", model, None, slm_cfg, mesh, batch | scores, train_flops,
+                      precomputed=True),
+        scoring_variant(reference, mesh, batch, args.chunk, ref_flops),
+        selection_variant(batch, scores, args.ratio),
     ]
+    if args.peer:
+        peer = TorchSLMStep(cfg, ref_cfg, host_batch, args.ratio, args.dtype)
+        variants.append(_variant("PyTorch peer SLM (transformers, torch.topk)", peer, None, train_flops + ref_flops))
     for round_index in range(args.warmup + args.steps):
         for v in variants:
             start = time.perf_counter()
-            jax.block_until_ready(v["run"](v))
+            jax.block_until_ready(v["run"]())
             if round_index >= args.warmup:
                 v["times"].append(time.perf_counter() - start)
-    tokens = args.batch * args.seq_len
+    peak = args.peak_tflops or flops.peak_tflops(jax.devices()[0].device_kind)
     base = statistics.median(variants[0]["times"])
-    flops_ratio = (6 * cfg.num_parameters() + 2 * ref_cfg.num_parameters()) / (6 * cfg.num_parameters())
     rows = []
     for v in variants:
         t = statistics.median(v["times"])
-        rows.append({"variant": v["name"], "step_s": t, "tokens_per_s": tokens / t, "ratio": t / base,
-                     "memory_bytes": v["memory"]})
-    rows.append({"flops_ratio": flops_ratio, "peak_allocator_bytes": peak_allocator_bytes()})
-    return rows
+        mfu = v["flops"] / t / (peak * 1e12 * jax.device_count()) if peak and v["flops"] else None
+        rows.append({"variant": v["name"], "step_s": t, "tokens_per_s": n_tokens / t, "ratio": t / base,
+                     "mfu": mfu, "memory_bytes": v["memory"]})
+    by_name = {r["variant"]: r for r in rows}
+    online = by_name["SLM (online reference)"]["step_s"]
+    peer_row = next((r for r in rows if r["variant"].startswith("PyTorch")), None)
+    return {"rows": rows, "peak_tflops": peak, "peak_allocator_bytes": peak_allocator_bytes(),
+            "flops_ratio": (train_flops + ref_flops) / train_flops,
+            "selection_share": by_name["selection (top-k over the batch)"]["step_s"] / online,
+            "memory_ratio": _ratio(by_name["SLM (online reference)"]["memory_bytes"], by_name["CLM"]["memory_bytes"]),
+            "peer_ratio": online / peer_row["step_s"] if peer_row else None}
 
 
-def format_table(rows: list[dict], args: argparse.Namespace) -> str:
-    *variants, summary = rows
+def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     device = jax.devices()[0]
+    peak = result["peak_tflops"]
     lines = [
         f"device: {device.device_kind} x{jax.device_count()} | model {Path(args.model).name} "
-        f"| batch {args.batch}x{args.seq_len} | dtype {args.dtype} | {args.steps} timed steps",
+        f"| batch {args.batch}x{args.seq_len} | dtype {args.dtype} | {args.steps} timed steps | peak "
+        + (f"{peak:g} TFLOP/s per device" if peak else "unknown (MFU needs --peak-tflops)"),
         "",
-        "| variant | step time (median) | tokens/s | time / CLM | memory (args+temps) |",
-        "|---|---|---|---|---|",
+        "| variant | step time (median) | tokens/s | time / CLM | MFU | memory (args+temps) |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in variants:
+    for r in result["rows"]:
         memory = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "n/a"
-        lines.append(f"| {r['variant']} | {r['step_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f} | {memory} |")
-    lines.append("")
-    lines.append(f"FLOP-count ratio (6N + 2N_ref) / 6N = {summary['flops_ratio']:.3f}")
-    if summary["peak_allocator_bytes"] is not None:  # one process ran both variants: an upper bound for each
-        lines.append(f"allocator peak over the whole run: {summary['peak_allocator_bytes'] / 2**30:.2f} GiB")
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        lines.append(f"| {r['variant']} | {r['step_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f} | "
+                     f"{mfu} | {memory} |")
+    lines += ["", f"FLOP-count ratio (6N + 2N_ref) / 6N, attention included = {result['flops_ratio']:.3f}",
+              f"selection alone / SLM (online) step = {result['selection_share']:.2%}"]
+    if result["memory_ratio"] is not None:
+        lines.append(f"memory SLM (online) / CLM = {result['memory_ratio']:.3f}")
+    if result["peer_ratio"] is not None:
+        lines.append(f"rho_jax SLM (online) step / PyTorch peer step = {result['peer_ratio']:.3f} "
+                     f"({1 / result['peer_ratio']:.2f}x faster)")
+    if result["peak_allocator_bytes"] is not None:  # one process ran every variant: an upper bound for each
+        lines.append(f"allocator peak over the whole run: {result['peak_allocator_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)
 
 
@@ -141,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=128, help="cross-entropy chunk (sequence positions)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--remat", default="none")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak TFLOP/s per device for MFU (default: known for H100/H200/A100/TPU v4-v6)")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction,
+                        default=importlib.util.find_spec("torch") is not None,
+                        help="also time the PyTorch peer (default: if torch is installed)")
     args = parser.parse_args(argv)
     print(format_table(run(args), args))
     return 0
