@@ -100,25 +100,25 @@ scope=(--zone="$zone")
 [[ -z $project ]] || scope+=(--project="$project")
 train=(.venv/bin/python -m rho_jax.train --config "$config" "$@")
 
-# The slice's state: READY, CREATING, PREEMPTED, ... or NOT_FOUND.
-tpu_state() {
-  echo "+ $(quote gcloud compute tpus tpu-vm describe "$name" "${scope[@]}" --format='value(state)')" >&2
+# `resource_state tpu-vm|queued-resources FIELD`: the slice's or queued request's state (READY,
+# PREEMPTED, WAITING_FOR_RESOURCES, ACTIVE, ...), or NOT_FOUND. A dry run prints the query and
+# assumes NOT_FOUND.
+resource_state() {
+  local describe=(gcloud compute tpus "$1" describe "$name" "${scope[@]}" --format="value($2)")
+  echo "+ $(quote "${describe[@]}")" >&2
   if [[ $DRY_RUN == 1 ]]; then
     echo NOT_FOUND
   else
-    gcloud compute tpus tpu-vm describe "$name" "${scope[@]}" --format='value(state)' 2>/dev/null || echo NOT_FOUND
+    "${describe[@]}" 2>/dev/null || echo NOT_FOUND
   fi
 }
 
-# The queued resource's state (WAITING_FOR_RESOURCES, ACTIVE, FAILED, ...) or NOT_FOUND.
+tpu_state() {
+  resource_state tpu-vm state
+}
+
 queued_state() {
-  echo "+ $(quote gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)')" >&2
-  if [[ $DRY_RUN == 1 ]]; then
-    echo NOT_FOUND
-  else
-    gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)' 2>/dev/null \
-      || echo NOT_FOUND
-  fi
+  resource_state queued-resources state.state
 }
 
 # Create the slice (returns non-zero if capacity or quota refuses it; the caller retries).
@@ -140,12 +140,12 @@ create_tpu() {
   fi
 }
 
+# Poll the queued request every 60 s until it is ACTIVE (a dry run prints the query once).
 wait_for_queued_resource() {
   local state
-  echo "+ $(quote gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)') (every 60 s until ACTIVE)"
-  [[ $DRY_RUN == 0 ]] || return 0
   while true; do
-    state=$(gcloud compute tpus queued-resources describe "$name" "${scope[@]}" --format='value(state.state)')
+    state=$(queued_state)
+    [[ $DRY_RUN == 0 ]] || return 0
     case $state in
       ACTIVE) return 0 ;;
       FAILED | SUSPENDED) echo "queued resource $name is $state"; return 1 ;;

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import grain
 import jax
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -36,6 +35,7 @@ from rho_jax.batch import batch_from_tokens
 from rho_jax.config import ConfigError, ModelSource, load_config
 from rho_jax.config_schema import to_data
 from rho_jax.data import prepared, scores, to_global_batch
+from rho_jax.data.sources import PackedRowSource
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rho_jax.distributed import (
     ClusterError,
@@ -129,13 +129,12 @@ def build_reference_scorer(graphdef: nnx.GraphDef, params_shardings: Any, mesh: 
                    out_shardings=replicated(mesh))
 
 
-def _local_rows(source: grain.sources.ArrayRecordDataSource, start: int, global_rows: int, row_len: int
-                ) -> dict[str, np.ndarray]:
+def _local_rows(source: PackedRowSource, start: int, global_rows: int) -> dict[str, np.ndarray]:
     """This process's rows `[start + p*L, start + (p+1)*L)` of a global batch (zero rows past the end)."""
     local = global_rows // jax.process_count()
     first = start + jax.process_index() * local
-    rows = [prepared.record_to_row(source[i], row_len) if i < len(source) else
-            {key: np.zeros(row_len, np.int32) for key in prepared.ROW_FIELDS} for i in range(first, first + local)]
+    padding = {key: np.zeros(source.row_len, np.int32) for key in prepared.ROW_FIELDS}
+    rows = [source[i] if i < len(source) else padding for i in range(first, first + local)]
     batch = batch_from_tokens(*(np.stack([r[key] for r in rows]) for key in prepared.ROW_FIELDS))
     return {key: batch[key] for key in ("input_ids", "targets", "segment_ids")}
 
@@ -157,7 +156,7 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
     plus `tokens_per_sec` of this invocation."""
     rows_dir = Path(cfg.rows)
     rows_metadata = prepared.read_metadata(rows_dir)
-    seq_len, row_len = rows_metadata["seq_len"], rows_metadata["row_len"]
+    seq_len = rows_metadata["seq_len"]
     ref_config = read_model_config(cfg.reference, "reference")
     _check_tokenizer(cfg, rows_metadata)
     mesh = make_mesh(cfg.mesh)
@@ -180,14 +179,14 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
     params = load_params(cfg.reference, ref_config, abstract, mesh, seed=0)
     forward = build_reference_scorer(graphdef, param_shardings(params, mesh), mesh, cfg.ce_chunk_size)
     sharding = batch_sharding(mesh)
-    sources = {shard: grain.sources.ArrayRecordDataSource([str(rows_dir / shard)]) for shard in todo}
+    sources = {shard: PackedRowSource([str(rows_dir / shard)]) for shard in todo}
     total = sum(len(source) for source in sources.values()) * seq_len
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="score", disable=not is_primary(), dynamic_ncols=True)
     started, scored = time.perf_counter(), 0
     for shard, source in sources.items():
         values = np.empty((len(source), len(scores.SCORE_FIELDS), seq_len), np.float32)
         for start in range(0, len(source), cfg.batch_size):
-            batch = to_global_batch(_local_rows(source, start, cfg.batch_size, row_len), sharding)
+            batch = to_global_batch(_local_rows(source, start, cfg.batch_size), sharding)
             loss, entropy = (np.asarray(x) for x in forward(params, batch))
             count = min(cfg.batch_size, len(source) - start)
             values[start:start + count] = np.stack([loss[:count], entropy[:count]], axis=1)

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return trainer.run()
-    except (TrainingDiverged, UnreadableCheckpoint) as err:
+    except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
