@@ -146,7 +146,7 @@ def test_legacy_rope_layout_is_understood():
     [
         (dict(dtype="int8"), "dtype must be a floating dtype"),
         (dict(param_dtype="float33"), "param_dtype: 'float33' is not a dtype name"),
-        (dict(attention="flash"), r"attention must be one of \('auto', 'xla', 'cudnn'\)"),
+        (dict(attention="flash"), r"attention must be one of \('auto', 'grouped', 'xla', 'cudnn'\)"),
     ],
 )
 def test_invalid_model_options(options, message):

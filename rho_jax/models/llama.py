@@ -17,13 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rho_jax.models.attention import ATTENTION_IMPLEMENTATIONS, attend
 from rho_jax.models.config import ModelConfig
 from rho_jax.models.remat import REMAT_POLICIES, remat_layer
 from rho_jax.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 from rho_jax.sharding import constrain_batch_axis
-
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
@@ -34,8 +32,8 @@ class ModelOptions:
     param_dtype: storage dtype of parameters (float32 master weights by default).
     scan_layers: iterate layers with `jax.lax.scan` (fast compile) instead of an unrolled loop.
     remat: a name from `REMAT_POLICIES` applied to each decoder layer.
-    attention: `jax.nn.dot_product_attention` implementation: "xla", "cudnn" (fused kernel, NVIDIA
-      GPUs, bf16/fp16), or "auto" to let JAX choose (jax 0.10 always chooses XLA).
+    attention: one of `ATTENTION_IMPLEMENTATIONS` (see `rho_jax.models.attention`): "auto" (the
+      head-major XLA formulation on CPU, JAX's choice elsewhere), "grouped", "xla", "cudnn".
     """
 
     dtype: Any = jnp.float32
@@ -123,13 +121,13 @@ class Attention(nnx.Module):
         self.k_proj = _projection(d, (k, h), ("embed", "kv_heads", "head_dim"), bias, cfg, opts, rngs)
         self.v_proj = _projection(d, (k, h), ("embed", "kv_heads", "head_dim"), bias, cfg, opts, rngs)
         self.o_proj = _projection((n, h), d, ("heads", "head_dim", "embed"), bias, cfg, opts, rngs)
-        self.implementation = None if opts.attention == "auto" else opts.attention
+        self.implementation = opts.attention
 
     def __call__(self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         q = apply_rotary(self.q_proj(x), cos, sin)
         k = apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        out = attend(q, k, v, mask, self.implementation)
         return self.o_proj(out)
 
 
