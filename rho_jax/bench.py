@@ -2,7 +2,7 @@
 
     python -m rho_jax.bench [--model configs/models/tiny-cpu.yaml] [--reference SAME]
                             [--batch 8] [--seq-len 256] [--steps 10] [--dtype float32]
-                            [--peak-tflops X] [--no-peer]
+                            [--peak-tflops X] [--no-peer] [--profile DIR]
 
 In one process, on the same model config, batch and mesh, interleaved round by round so machine
 noise hits all alike:
@@ -12,10 +12,12 @@ noise hits all alike:
     reference scoring          the forward of `python -m rho_jax.score` (scoring throughput)
     selection (top-k)          the SLM selection alone on the batch's scores
     PyTorch peer               `rho_jax.bench_peer`: transformers + torch.topk, same model and batch
-Reports step time (median), tokens/s, time relative to CLM, model FLOPs utilization (`rho_jax.flops`;
-needs the device's peak, known for common accelerators or given with --peak-tflops), memory (the
+Reports step time (median), tokens/s, time relative to CLM, model FLOPs utilization (`rho_jax.flops`)
+against the device's peak (the datasheet figure of common accelerators, --peak-tflops, or else the
+measured throughput of a large matmul in the benchmark's dtype, e.g. on CPUs), memory (the
 compiled program's arguments + temporaries per device, and the allocator's peak where the platform
-reports it), the selection's share of the SLM step, and rho_jax SLM time / PyTorch peer time.
+reports it), the selection's share of the SLM step, and rho_jax SLM time / PyTorch peer time; with
+--profile DIR, a profiler trace of the SLM step and its time per XLA operation (`rho_jax.op_profile`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rho_jax import flops, slm
+from rho_jax import flops, op_profile, slm
 from rho_jax.batch import batch_from_tokens
 from rho_jax.bench_peer import TorchSLMStep
 from rho_jax.models import Llama, ModelConfig, ModelOptions
@@ -49,8 +51,10 @@ def _memory_bytes(jitted: Any, *args: Any) -> int | None:
     return memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory is not None else None
 
 
-def _variant(name: str, run: Callable[[], Any], memory: int | None, flops_per_step: float | None) -> dict[str, Any]:
-    return {"name": name, "run": run, "memory": memory, "flops": flops_per_step, "times": []}
+def _variant(name: str, run: Callable[[], Any], memory: int | None, flops_per_step: float | None,
+             hlo: Callable[[], str] | None = None) -> dict[str, Any]:
+    """A timed program: `run()` runs one step, `hlo()` gives its compiled HLO text (for --profile)."""
+    return {"name": name, "run": run, "memory": memory, "flops": flops_per_step, "times": [], "hlo": hlo}
 
 
 def train_variant(name, model, reference, slm_cfg, mesh, batch, flops_per_step, precomputed=False) -> dict[str, Any]:
@@ -69,7 +73,10 @@ def train_variant(name, model, reference, slm_cfg, mesh, batch, flops_per_step, 
         carried["state"], metrics = jitted(carried["state"], batch, ref_params)
         return metrics
 
-    return _variant(name, run, memory, flops_per_step)
+    def hlo() -> str:
+        return jitted.lower(carried["state"], batch, ref_params).compile().as_text()
+
+    return _variant(name, run, memory, flops_per_step, hlo)
 
 
 def scoring_variant(reference, mesh, batch, chunk, flops_per_step) -> dict[str, Any]:
@@ -90,6 +97,20 @@ def selection_variant(batch, scores, ratio) -> dict[str, Any]:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def measured_matmul_tflops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """TFLOP/s of a jitted `size`^3 matmul in `dtype` on the default device (best of `repeats`):
+    the practical peak of a device without a datasheet figure, e.g. a CPU."""
+    a = jax.numpy.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
 
 
 def peak_allocator_bytes() -> int | None:
@@ -132,22 +153,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             jax.block_until_ready(v["run"]())
             if round_index >= args.warmup:
                 v["times"].append(time.perf_counter() - start)
-    peak = args.peak_tflops or flops.peak_tflops(jax.devices()[0].device_kind)
+    peak, peak_source = args.peak_tflops, "given"
+    if peak is None:
+        peak, peak_source = flops.peak_tflops(jax.devices()[0].device_kind), "datasheet, dense bf16"
+    if peak is None:
+        peak, peak_source = measured_matmul_tflops(args.dtype), f"measured {args.dtype} 2048^3 matmul"
     base = statistics.median(variants[0]["times"])
     rows = []
     for v in variants:
         t = statistics.median(v["times"])
-        mfu = v["flops"] / t / (peak * 1e12 * jax.device_count()) if peak and v["flops"] else None
+        mfu = v["flops"] / t / (peak * 1e12 * jax.device_count()) if v["flops"] else None
         rows.append({"variant": v["name"], "step_s": t, "tokens_per_s": n_tokens / t, "ratio": t / base,
                      "mfu": mfu, "memory_bytes": v["memory"]})
     by_name = {r["variant"]: r for r in rows}
     online = by_name["SLM (online reference)"]["step_s"]
+    profile = None
+    if args.profile is not None:
+        slm_online = variants[1]
+        ops = op_profile.profile_ops(slm_online["run"], slm_online["hlo"](), args.steps, args.profile)
+        profile = op_profile.format_profile(ops, online)
     peer_row = next((r for r in rows if r["variant"].startswith("PyTorch")), None)
-    return {"rows": rows, "peak_tflops": peak, "peak_allocator_bytes": peak_allocator_bytes(),
+    return {"rows": rows, "peak_tflops": peak, "peak_source": peak_source, "peak_allocator_bytes": peak_allocator_bytes(),
             "flops_ratio": (train_flops + ref_flops) / train_flops,
             "selection_share": by_name["selection (top-k over the batch)"]["step_s"] / online,
             "memory_ratio": _ratio(by_name["SLM (online reference)"]["memory_bytes"], by_name["CLM"]["memory_bytes"]),
-            "peer_ratio": online / peer_row["step_s"] if peer_row else None}
+            "peer_ratio": online / peer_row["step_s"] if peer_row else None, "profile": profile}
 
 
 def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -155,8 +185,8 @@ def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     peak = result["peak_tflops"]
     lines = [
         f"device: {device.device_kind} x{jax.device_count()} | model {Path(args.model).name} "
-        f"| batch {args.batch}x{args.seq_len} | dtype {args.dtype} | {args.steps} timed steps | peak "
-        + (f"{peak:g} TFLOP/s per device" if peak else "unknown (MFU needs --peak-tflops)"),
+        f"| batch {args.batch}x{args.seq_len} | dtype {args.dtype} | {args.steps} timed steps "
+        f"| peak {peak:.3g} TFLOP/s per device ({result['peak_source']})",
         "",
         "| variant | step time (median) | tokens/s | time / CLM | MFU | memory (args+temps) |",
         "|---|---|---|---|---|---|",
@@ -175,6 +205,8 @@ def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
                      f"({1 / result['peer_ratio']:.2f}x faster)")
     if result["peak_allocator_bytes"] is not None:  # one process ran every variant: an upper bound for each
         lines.append(f"allocator peak over the whole run: {result['peak_allocator_bytes'] / 2**30:.2f} GiB")
+    if result["profile"] is not None:
+        lines += ["", f"profile of the SLM (online) step (trace in {args.profile}):", result["profile"]]
     return "\n".join(lines)
 
 
@@ -187,14 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (compilation)")
     parser.add_argument("--ratio", type=float, default=0.6)
-    parser.add_argument("--chunk", type=int, default=128, help="cross-entropy chunk (sequence positions)")
+    parser.add_argument("--chunk", type=int, default=SLMConfig.ce_chunk_size,
+                        help="cross-entropy chunk in sequence positions (default: the trainer's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--remat", default="none")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak TFLOP/s per device for MFU (default: known for H100/H200/A100/TPU v4-v6)")
+                        help="peak TFLOP/s per device for MFU (default: the datasheet bf16 peak of "
+                             "H100/H200/A100/TPU v4-v6, else a measured large matmul)")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction,
                         default=importlib.util.find_spec("torch") is not None,
                         help="also time the PyTorch peer (default: if torch is installed)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also trace the SLM (online) step into DIR and print where its time goes")
     args = parser.parse_args(argv)
     print(format_table(run(args), args))
     return 0

@@ -7,13 +7,13 @@ import re
 import pytest
 
 from rho_jax import flops
-from rho_jax.bench import main
+from rho_jax.bench import main, measured_matmul_tflops
 from rho_jax.models import ModelConfig
 
 
-def test_bench_prints_its_table(capsys):
+def test_bench_prints_its_table(capsys, tmp_path):
     assert main(["--batch", "8", "--seq-len", "16", "--steps", "1", "--warmup", "1", "--chunk", "8",
-                 "--peak-tflops", "1"]) == 0
+                 "--profile", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = {name.strip(): cells for name, cells in re.findall(r"^\| ([^|]+) \|(.*)\|$", out, re.M)}
     assert {"CLM", "SLM (online reference)", "SLM (precomputed scores)", "reference scoring (rho_jax.score)",
@@ -21,8 +21,15 @@ def test_bench_prints_its_table(capsys):
     memory = {name: float(m) for name, cells in rows.items() for m in re.findall(r"([\d.]+) MiB", cells)}
     # compiled sizes, not timings: the precomputed step holds no reference parameters
     assert memory["SLM (precomputed scores)"] < memory["SLM (online reference)"]
-    assert re.search(r"\d+\.\d%", rows["CLM"])  # an MFU, given the peak
+    assert "(measured float32 2048^3 matmul)" in out  # no datasheet peak for a CPU
+    assert re.search(r"\d+\.\d%", rows["CLM"])  # an MFU against that peak
     assert "selection alone / SLM (online) step = " in out and "rho_jax SLM (online) step / PyTorch peer step" in out
+    assert re.search(r"profile of the SLM \(online\) step .*\n.*matmuls \d+%", out)
+
+
+def test_measured_matmul_throughput_is_plausible():
+    """A 256^3 matmul on a CPU: more than 0.1 GFLOP/s and less than 100 TFLOP/s (catches unit errors)."""
+    assert 1e-4 < measured_matmul_tflops("float32", size=256) < 100
 
 
 def test_flop_counts():
@@ -42,3 +49,21 @@ def test_matmul_parameters_count_the_output_projection_once(tied):
                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tied)
     body = cfg.num_parameters() - 100 * 16 * (1 if tied else 2)
     assert flops.matmul_parameters(cfg) == body + 100 * 16
+
+
+def test_op_profile_finds_the_matmul_of_a_program(tmp_path):
+    """A program that is one large matmul plus a small elementwise op: the trace's events are matched
+    to its HLO, the matmul is classified as such and takes most of the time."""
+    import jax
+    import jax.numpy as jnp
+
+    from rho_jax.op_profile import format_profile, profile_ops
+
+    program = jax.jit(lambda a: jnp.tanh(a[:8]) + (a @ a)[:8])
+    a = jnp.ones((512, 512))
+    program(a)
+    ops = profile_ops(lambda: program(a), program.lower(a).compile().as_text(), steps=3, trace_dir=tmp_path)
+    matmuls = [op for op in ops if op.is_matmul]
+    assert matmuls and matmuls[0].calls_per_step == 1 and "512" in matmuls[0].shape
+    assert sum(op.seconds_per_step for op in matmuls) > 0.5 * sum(op.seconds_per_step for op in ops)
+    assert "| operation | ms / step |" in format_profile(ops, step_seconds=0.01)
