@@ -2,7 +2,7 @@
 
     python -m rho_jax.bench [--model configs/models/tiny-cpu.yaml] [--reference SAME]
                             [--batch 8] [--seq-len 256] [--steps 10] [--dtype float32]
-                            [--peak-tflops X] [--no-peer] [--profile DIR]
+                            [--peak-tflops X] [--no-peer] [--selection-tokens N] [--profile DIR]
 
 In one process, on the same model config, batch and mesh, interleaved round by round so machine
 noise hits all alike:
@@ -10,7 +10,8 @@ noise hits all alike:
     SLM (online reference)     reference forward + selection inside the step
     SLM (precomputed scores)   the reference's losses come with the batch (`reference: precomputed`)
     reference scoring          the forward of `python -m rho_jax.score` (scoring throughput)
-    selection (top-k)          the SLM selection alone on the batch's scores
+    selection (top-k)          the SLM selection alone on the batch's scores (and, with
+                               --selection-tokens N, on a global batch of N tokens)
     PyTorch peer               `rho_jax.bench_peer`: transformers + torch.topk, same model and batch
 Reports step time (median), tokens/s, time relative to CLM, model FLOPs utilization (`rho_jax.flops`)
 against the device's peak (the datasheet figure of common accelerators, --peak-tflops, or else the
@@ -88,11 +89,28 @@ def scoring_variant(reference, mesh, batch, chunk, flops_per_step) -> dict[str, 
                     _memory_bytes(forward, ref_params, inputs), flops_per_step)
 
 
-def selection_variant(batch, scores, ratio) -> dict[str, Any]:
+def selection_variant(loss, ref_loss, valid, ratio) -> dict[str, Any]:
     """The SLM selection alone: excess scores and the global top-k over the whole batch."""
-    select = jax.jit(lambda loss, ref_loss, valid: slm.select_by_score("excess", ratio, valid, loss=loss, ref_loss=ref_loss))
-    args = (scores["ref_entropy"], scores["ref_loss"], batch["valid"])  # any two float arrays of the right shape
+    select = jax.jit(lambda *args: slm.select_by_score("excess", ratio, args[2], loss=args[0], ref_loss=args[1]))
+    args = (loss, ref_loss, valid)
     return _variant("selection (top-k over the batch)", lambda: select(*args), _memory_bytes(select, *args), None)
+
+
+def large_selection_seconds(n_tokens: int, seq_len: int, ratio: float, mesh, repeats: int) -> float:
+    """Median time of the selection alone over a global batch of `n_tokens` (rows of `seq_len`,
+    sharded like a training batch, random scores)."""
+    rng = np.random.default_rng(1)
+    shape = (max(1, n_tokens // seq_len), seq_len)
+    arrays = jax.device_put((rng.uniform(0, 8, shape).astype(np.float32), rng.uniform(0, 8, shape).astype(np.float32),
+                             np.ones(shape, bool)), batch_sharding(mesh))
+    run = selection_variant(*arrays, ratio)["run"]
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -142,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_variant("SLM (precomputed scores)", model, None, slm_cfg, mesh, batch | scores, train_flops,
                       precomputed=True),
         scoring_variant(reference, mesh, batch, args.chunk, ref_flops),
-        selection_variant(batch, scores, args.ratio),
+        selection_variant(scores["ref_entropy"], scores["ref_loss"], batch["valid"], args.ratio),  # any two float arrays
     ]
     if args.peer:
         peer = TorchSLMStep(cfg, ref_cfg, host_batch, args.ratio, args.dtype)
@@ -172,8 +190,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         slm_online = variants[1]
         ops = op_profile.profile_ops(slm_online["run"], slm_online["hlo"](), args.steps, args.profile)
         profile = op_profile.format_profile(ops, online)
+    large_selection = None
+    if args.selection_tokens:
+        seconds = large_selection_seconds(args.selection_tokens, args.seq_len, args.ratio, mesh, args.steps)
+        # the SLM step's time for that many tokens at the measured tokens/s (steps scale linearly in tokens)
+        large_selection = {"seconds": seconds, "share": seconds / (args.selection_tokens * online / n_tokens)}
     peer_row = next((r for r in rows if r["variant"].startswith("PyTorch")), None)
-    return {"rows": rows, "peak_tflops": peak, "peak_source": peak_source, "peak_allocator_bytes": peak_allocator_bytes(),
+    return {"large_selection": large_selection, "rows": rows, "peak_tflops": peak, "peak_source": peak_source, "peak_allocator_bytes": peak_allocator_bytes(),
             "flops_ratio": (train_flops + ref_flops) / train_flops,
             "selection_share": by_name["selection (top-k over the batch)"]["step_s"] / online,
             "memory_ratio": _ratio(by_name["SLM (online reference)"]["memory_bytes"], by_name["CLM"]["memory_bytes"]),
@@ -198,6 +221,10 @@ def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{mfu} | {memory} |")
     lines += ["", f"FLOP-count ratio (6N + 2N_ref) / 6N, attention included = {result['flops_ratio']:.3f}",
               f"selection alone / SLM (online) step = {result['selection_share']:.2%}"]
+    if result["large_selection"] is not None:
+        large = result["large_selection"]
+        lines.append(f"selection alone over {args.selection_tokens:,} tokens = {large['seconds'] * 1e3:.1f} ms, "
+                     f"{large['share']:.3%} of an SLM (online) step of that many tokens at the measured tokens/s")
     if result["memory_ratio"] is not None:
         lines.append(f"memory SLM (online) / CLM = {result['memory_ratio']:.3f}")
     if result["peer_ratio"] is not None:
@@ -229,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction,
                         default=importlib.util.find_spec("torch") is not None,
                         help="also time the PyTorch peer (default: if torch is installed)")
+    parser.add_argument("--selection-tokens", type=int, default=None, metavar="N",
+                        help="also time the selection alone over a global batch of N tokens (e.g. 1048576)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also trace the SLM (online) step into DIR and print where its time goes")
     args = parser.parse_args(argv)

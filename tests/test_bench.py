@@ -13,7 +13,7 @@ from rho_jax.models import ModelConfig
 
 def test_bench_prints_its_table(capsys, tmp_path):
     assert main(["--batch", "8", "--seq-len", "16", "--steps", "1", "--warmup", "1", "--chunk", "8",
-                 "--profile", str(tmp_path)]) == 0
+                 "--profile", str(tmp_path), "--selection-tokens", "4096"]) == 0
     out = capsys.readouterr().out
     rows = {name.strip(): cells for name, cells in re.findall(r"^\| ([^|]+) \|(.*)\|$", out, re.M)}
     assert {"CLM", "SLM (online reference)", "SLM (precomputed scores)", "reference scoring (rho_jax.score)",
@@ -24,6 +24,7 @@ def test_bench_prints_its_table(capsys, tmp_path):
     assert "(measured float32 2048^3 matmul)" in out  # no datasheet peak for a CPU
     assert re.search(r"\d+\.\d%", rows["CLM"])  # an MFU against that peak
     assert "selection alone / SLM (online) step = " in out and "rho_jax SLM (online) step / PyTorch peer step" in out
+    assert re.search(r"selection alone over 4,096 tokens = [\d.]+ ms, [\d.]+% of an SLM \(online\) step", out)
     assert re.search(r"profile of the SLM \(online\) step .*\n.*matmuls \d+%", out)
 
 
