@@ -1,7 +1,7 @@
 """Benchmark the train step against the hardware and against the PyTorch way of doing SLM.
 
     python -m rho_jax.bench [--model configs/models/tiny-cpu.yaml] [--reference SAME]
-                            [--batch 8] [--seq-len 256] [--steps 10] [--dtype float32]
+                            [--batch 8] [--seq-len 256] [--steps 10] [--dtype float32] [--attention auto]
                             [--peak-tflops X] [--no-peer] [--selection-tokens N] [--profile DIR]
 
 In one process, on the same model config, batch and mesh, interleaved round by round so machine
@@ -39,6 +39,7 @@ from rho_jax import flops, op_profile, slm
 from rho_jax.batch import batch_from_tokens
 from rho_jax.bench_peer import TorchSLMStep
 from rho_jax.models import Llama, ModelConfig, ModelOptions
+from rho_jax.models.attention import ATTENTION_IMPLEMENTATIONS
 from rho_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from rho_jax.score import build_reference_scorer
 from rho_jax.sharding import MeshConfig, batch_sharding, make_mesh
@@ -137,7 +138,7 @@ def peak_allocator_bytes() -> int | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    options = ModelOptions(dtype=args.dtype, scan_layers=True, remat=args.remat)
+    options = ModelOptions(dtype=args.dtype, scan_layers=True, remat=args.remat, attention=args.attention)
     cfg = ModelConfig.from_file(args.model)
     ref_cfg = ModelConfig.from_file(args.reference or args.model)
     model = Llama(cfg, options, rngs=nnx.Rngs(0))
@@ -207,7 +208,7 @@ def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     device = jax.devices()[0]
     peak = result["peak_tflops"]
     lines = [
-        f"device: {device.device_kind} x{jax.device_count()} | model {Path(args.model).name} "
+        f"device: {device.device_kind} x{jax.device_count()} | model {Path(args.model).name} | attention {args.attention} "
         f"| batch {args.batch}x{args.seq_len} | dtype {args.dtype} | {args.steps} timed steps "
         f"| peak {peak:.3g} TFLOP/s per device ({result['peak_source']})",
         "",
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="cross-entropy chunk in sequence positions (default: the trainer's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--remat", default="none")
+    parser.add_argument("--attention", default="auto", choices=ATTENTION_IMPLEMENTATIONS)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak TFLOP/s per device for MFU (default: the datasheet bf16 peak of "
                              "H100/H200/A100/TPU v4-v6, else a measured large matmul)")
