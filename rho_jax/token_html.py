@@ -12,6 +12,9 @@ import dataclasses
 import html
 import math
 from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +24,21 @@ class TokenView:
     selected: bool
     marked: bool = False
     tooltip: str = ""
+
+
+def document_pieces(segment_ids: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(row, segment id, positions) of every document piece of a packed batch `[B, T]` (ids > 0)."""
+    for row, segments in enumerate(segment_ids):
+        for segment in np.unique(segments[segments > 0]):
+            yield row, int(segment), np.flatnonzero(segments == segment)
+
+
+def piece_views(batch: dict[str, np.ndarray], decode: Callable[[list[int]], str], row: int, positions: np.ndarray,
+                target_view: Callable[[str, int], TokenView]) -> list[TokenView]:
+    """A document piece as tokens: its first input token (unscored), then `target_view(text, t)`
+    for the target at every position t of `positions`."""
+    first = TokenView(decode([int(batch["input_ids"][row, positions[0]])]), float("nan"), False)
+    return [first] + [target_view(decode([int(batch["targets"][row, t])]), t) for t in positions]
 
 
 def _background(score: float, scale: float) -> str:

@@ -23,7 +23,7 @@ from rho_jax.data import SourceConfig, load_tokenizer
 from rho_jax.data.packing import source_rows
 from rho_jax.data.sources import open_source
 from rho_jax.step import SLMConfig
-from rho_jax.token_html import TokenView, render_token_html
+from rho_jax.token_html import TokenView, document_pieces, piece_views, render_token_html
 from rho_jax.token_scores import build_token_scorer
 
 
@@ -42,19 +42,15 @@ def document_views(batch: dict[str, np.ndarray], scores: dict[str, np.ndarray],
     """(caption, tokens) of every document piece in the batch: its first input token, then every
     target with its score, selection and losses."""
     documents = []
-    for row in range(batch["input_ids"].shape[0]):
-        segments = batch["segment_ids"][row]
-        for segment in np.unique(segments[segments > 0]):
-            positions = np.flatnonzero(segments == segment)
-            tokens = [TokenView(tokenizer.decode([int(batch["input_ids"][row, positions[0]])]), float("nan"), False)]
-            for t in positions:
-                valid = bool(batch["valid"][row, t])
-                tooltip = (f"score {scores['score'][row, t]:+.3f} | loss {scores['loss'][row, t]:.3f} | "
-                           f"reference {scores['ref_loss'][row, t]:.3f}") if valid else "not a target"
-                tokens.append(TokenView(tokenizer.decode([int(batch["targets"][row, t])]),
-                                        float(scores["score"][row, t]) if valid else float("nan"),
-                                        bool(scores["selected"][row, t]), tooltip=tooltip))
-            documents.append((f"row {row}, document piece {int(segment)}", tokens))
+    for row, segment, positions in document_pieces(batch["segment_ids"]):
+        def view(text: str, t: int, row: int = row) -> TokenView:
+            if not batch["valid"][row, t]:
+                return TokenView(text, float("nan"), False, tooltip="not a target")
+            tooltip = (f"score {scores['score'][row, t]:+.3f} | loss {scores['loss'][row, t]:.3f} | "
+                       f"reference {scores['ref_loss'][row, t]:.3f}")
+            return TokenView(text, float(scores["score"][row, t]), bool(scores["selected"][row, t]), tooltip=tooltip)
+
+        documents.append((f"row {row}, document piece {segment}", piece_views(batch, tokenizer.decode, row, positions, view)))
     return documents
 
 

@@ -13,7 +13,7 @@ from rho_jax.config import TrainConfig
 from rho_jax.model_source import load_params, model_graph, read_model_config
 from rho_jax.quickstart.probe import LABELS, selection_counts
 from rho_jax.sharding import param_shardings
-from rho_jax.token_html import TokenView
+from rho_jax.token_html import TokenView, document_pieces, piece_views
 from rho_jax.token_scores import build_token_scorer
 
 
@@ -52,23 +52,20 @@ def _scored_documents(models: RunModels, params, batch: dict[str, np.ndarray],
     model_batch = {key: value for key, value in batch.items() if key != "labels"}
     out = {key: np.asarray(value) for key, value in models.scorer(params, models.ref_params, model_batch).items()}
     candidates = []
-    for row in range(batch["valid"].shape[0]):
-        segments = batch["segment_ids"][row]
-        for segment in np.unique(segments[segments > 0]):
-            positions = np.flatnonzero((segments == segment) & batch["valid"][row])
-            if len(positions) < min_tokens:
-                continue
-            labels = set(batch["labels"][row, positions].tolist())
-            first = positions[0]
-            tokens = [TokenView(tokenizer.decode([int(batch["input_ids"][row, first])]), float("nan"), False)]
-            for t in positions:
-                label = LABELS[int(batch["labels"][row, t])]
-                tooltip = (f"{label} | score {out['score'][row, t]:+.2f} = loss {out['loss'][row, t]:.2f} "
-                           f"- ref {out['ref_loss'][row, t]:.2f}")
-                tokens.append(TokenView(tokenizer.decode([int(batch["targets"][row, t])]), float(out["score"][row, t]),
-                                        bool(out["selected"][row, t]), marked=label != "clean", tooltip=tooltip))
-            kind = "offdomain" if labels == {LABELS.index("offdomain")} else "web" if len(labels) > 1 else "clean"
-            candidates.append((kind, tokens))
+    for row, _, piece in document_pieces(batch["segment_ids"]):
+        positions = piece[batch["valid"][row, piece]]
+        if len(positions) < min_tokens:
+            continue
+
+        def view(text: str, t: int, row: int = row) -> TokenView:
+            label = LABELS[int(batch["labels"][row, t])]
+            tooltip = f"{label} | score {out['score'][row, t]:+.2f} = loss {out['loss'][row, t]:.2f} - ref {out['ref_loss'][row, t]:.2f}"
+            return TokenView(text, float(out["score"][row, t]), bool(out["selected"][row, t]), marked=label != "clean",
+                             tooltip=tooltip)
+
+        labels = set(batch["labels"][row, positions].tolist())
+        kind = "offdomain" if labels == {LABELS.index("offdomain")} else "web" if len(labels) > 1 else "clean"
+        candidates.append((kind, piece_views(batch, tokenizer.decode, row, positions, view)))
     return candidates
 
 
