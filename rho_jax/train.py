@@ -199,10 +199,6 @@ class Trainer:
     def step(self) -> int:
         return int(self.state.step)
 
-    def _request_stop(self, signum: int, _frame: Any) -> None:
-        self.stop_signal = signal.Signals(signum).name
-        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-
     def _save(self) -> None:
         progress = {"step": self.step, "tokens": self.tokens, "seed": self.cfg.train.seed}
         self.checkpointer.save(self.state, progress, None if self.data_by_step else self.data_iterator)
@@ -235,7 +231,14 @@ class Trainer:
         log_ = TrainLog(self.run_dir, total_tokens=total_tokens, start_step=self.step if self.resumed else -1, start_tokens=self.tokens,
                         every_steps=cfg.logging.every_steps, progress_bar=cfg.logging.progress_bar,
                         tensorboard=cfg.logging.tensorboard, enabled=is_primary())
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        def request_stop(signum: int, _frame: Any) -> None:
+            # A plain function, not a bound method: `signal.signal` returns the previous handler and
+            # may format its repr, and the Trainer's repr would read state arrays that a running
+            # step has donated (deleted).
+            self.stop_signal = signal.Signals(signum).name
+            signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.step >= cfg.total_steps:
                 log_.message(f"{self.run_dir} is already complete ({self.step} steps); nothing to do.")
