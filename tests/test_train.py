@@ -4,6 +4,7 @@ SIGTERM / SIGKILL, unreadable checkpoints skipped, NaN stop, export, and bad inp
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -12,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
 
-from rho_jax.train import STOPPED, main
+from rho_jax.config import load_config
+from rho_jax.train import STOPPED, Trainer, main
 
 from train_runs import ROOT, TOKENS_PER_STEP, checkpoint_steps, losses, read_jsonl, run_config
 
@@ -125,6 +128,20 @@ def test_sigterm_saves_and_resume_is_exact(reference_run, tmp_path):
     assert checkpoint_steps(run)[-1] == stopped_at
     assert main(["--config", str(config)]) == 0
     assert losses(run) == losses(reference_run)
+
+
+def test_stop_signal_during_a_step_with_donated_state(tmp_path, monkeypatch):
+    """A signal that lands while a step runs (its donated input state already deleted) is recorded,
+    not a crash: replacing the signal handler must not format the Trainer (and so its arrays)."""
+    trainer = Trainer.setup(load_config(run_config(tmp_path, "run")))
+
+    def step_interrupted_by_sigterm(self, log_):
+        jax.tree.leaves(self.state.params)[0].delete()  # what a running step's buffer donation does
+        os.kill(os.getpid(), signal.SIGTERM)
+        return self.stop_signal is not None
+
+    monkeypatch.setattr(Trainer, "_loop", step_interrupted_by_sigterm)
+    assert trainer.run() == STOPPED and trainer.stop_signal == "SIGTERM"
 
 
 def test_sigkill_after_a_checkpoint_resumes_exactly(reference_run, tmp_path):
