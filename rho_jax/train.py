@@ -120,7 +120,9 @@ def check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
         )
 
 
-@dataclasses.dataclass
+# repr=False: a generated repr would format the train state, whose arrays a running step has donated
+# (deleted); `signal.signal` formats the repr of the handler it replaces, a bound method of this class.
+@dataclasses.dataclass(repr=False)
 class Trainer:
     """A run, fully set up: models placed, step compiled on first use, data positioned."""
 
@@ -199,6 +201,10 @@ class Trainer:
     def step(self) -> int:
         return int(self.state.step)
 
+    def _request_stop(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signal.Signals(signum).name
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
     def _save(self) -> None:
         progress = {"step": self.step, "tokens": self.tokens, "seed": self.cfg.train.seed}
         self.checkpointer.save(self.state, progress, None if self.data_by_step else self.data_iterator)
@@ -231,14 +237,7 @@ class Trainer:
         log_ = TrainLog(self.run_dir, total_tokens=total_tokens, start_step=self.step if self.resumed else -1, start_tokens=self.tokens,
                         every_steps=cfg.logging.every_steps, progress_bar=cfg.logging.progress_bar,
                         tensorboard=cfg.logging.tensorboard, enabled=is_primary())
-        def request_stop(signum: int, _frame: Any) -> None:
-            # A plain function, not a bound method: `signal.signal` returns the previous handler and
-            # may format its repr, and the Trainer's repr would read state arrays that a running
-            # step has donated (deleted).
-            self.stop_signal = signal.Signals(signum).name
-            signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.step >= cfg.total_steps:
                 log_.message(f"{self.run_dir} is already complete ({self.step} steps); nothing to do.")

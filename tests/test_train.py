@@ -132,7 +132,8 @@ def test_sigterm_saves_and_resume_is_exact(reference_run, tmp_path):
 
 def test_stop_signal_during_a_step_with_donated_state(tmp_path, monkeypatch):
     """A signal that lands while a step runs (its donated input state already deleted) is recorded,
-    not a crash: replacing the signal handler must not format the Trainer (and so its arrays)."""
+    not a crash: `signal.signal` formats the handler it replaces (a Trainer method), and formatting
+    the Trainer must not read its arrays."""
     trainer = Trainer.setup(load_config(run_config(tmp_path, "run")))
 
     def step_interrupted_by_sigterm(self, log_):
