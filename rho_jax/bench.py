@@ -92,9 +92,20 @@ def scoring_variant(reference, mesh, batch, chunk, flops_per_step) -> dict[str, 
 
 def selection_variant(loss, ref_loss, valid, ratio) -> dict[str, Any]:
     """The SLM selection alone: excess scores and the global top-k over the whole batch."""
-    select = jax.jit(lambda *args: slm.select_by_score("excess", ratio, args[2], loss=args[0], ref_loss=args[1]))
+    select = jax.jit(lambda loss, ref_loss, valid: slm.select_by_score("excess", ratio, valid, loss=loss, ref_loss=ref_loss))
     args = (loss, ref_loss, valid)
     return _variant("selection (top-k over the batch)", lambda: select(*args), _memory_bytes(select, *args), None)
+
+
+def _warm_timings(run: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds of `repeats` calls of `run` (each waited for), after one untimed call (compilation)."""
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def large_selection_seconds(n_tokens: int, seq_len: int, ratio: float, mesh, repeats: int) -> float:
@@ -104,14 +115,7 @@ def large_selection_seconds(n_tokens: int, seq_len: int, ratio: float, mesh, rep
     shape = (max(1, n_tokens // seq_len), seq_len)
     arrays = jax.device_put((rng.uniform(0, 8, shape).astype(np.float32), rng.uniform(0, 8, shape).astype(np.float32),
                              np.ones(shape, bool)), batch_sharding(mesh))
-    run = selection_variant(*arrays, ratio)["run"]
-    jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_warm_timings(selection_variant(*arrays, ratio)["run"], repeats))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -123,13 +127,7 @@ def measured_matmul_tflops(dtype: str, size: int = 2048, repeats: int = 5) -> fl
     the practical peak of a device without a datasheet figure, e.g. a CPU."""
     a = jax.numpy.ones((size, size), dtype)
     matmul = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(matmul(a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e12
+    return 2 * size**3 / min(_warm_timings(lambda: matmul(a), repeats)) / 1e12
 
 
 def peak_allocator_bytes() -> int | None:
@@ -197,8 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the SLM step's time for that many tokens at the measured tokens/s (steps scale linearly in tokens)
         large_selection = {"seconds": seconds, "share": seconds / (args.selection_tokens * online / n_tokens)}
     peer_row = next((r for r in rows if r["variant"].startswith("PyTorch")), None)
-    return {"large_selection": large_selection, "rows": rows, "peak_tflops": peak, "peak_source": peak_source, "peak_allocator_bytes": peak_allocator_bytes(),
-            "flops_ratio": (train_flops + ref_flops) / train_flops,
+    return {"rows": rows, "peak_tflops": peak, "peak_source": peak_source, "peak_allocator_bytes": peak_allocator_bytes(),
+            "flops_ratio": (train_flops + ref_flops) / train_flops, "large_selection": large_selection,
             "selection_share": by_name["selection (top-k over the batch)"]["step_s"] / online,
             "memory_ratio": _ratio(by_name["SLM (online reference)"]["memory_bytes"], by_name["CLM"]["memory_bytes"]),
             "peer_ratio": online / peer_row["step_s"] if peer_row else None, "profile": profile}

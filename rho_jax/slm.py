@@ -159,8 +159,9 @@ def token_losses(
 
     The loss is differentiable through a fused backward pass (`_cross_entropy_backward`): the
     forward keeps only log Z per token; the backward recomputes the logits chunk by chunk (one extra
-    matmul, the price of never holding `[B, T, V]`) and forms both gradients from `softmax - one_hot`. With `with_entropy` (frozen models: the reference, scoring) nothing is
-    differentiable: the results carry no gradient.
+    matmul, the price of never holding `[B, T, V]`) and forms both gradients from
+    `softmax - one_hot`. With `with_entropy` (frozen models: the reference, scoring) the results
+    carry no gradient.
     """
     weights = output_embedding.astype(hidden.dtype)
     if not with_entropy:

@@ -8,8 +8,8 @@ query heads shares one key/value head) and a boolean mask `[B|1, 1, T, S]`:
 Implementations (`ModelOptions.attention`):
     grouped  this module's XLA formulation in head-major layout `[B, K, G, T, H]`: fp32 logits and
              softmax, like `jax.nn.dot_product_attention`'s XLA path, but laid out so XLA:CPU runs
-             the forward and especially the backward pass without large transposes (about 2x
-             faster than the token-major layout there);
+             the forward and especially the backward pass without large transposes (compare
+             with `python -m rho_jax.bench --attention xla`);
     xla      `jax.nn.dot_product_attention(implementation="xla")`;
     cudnn    the fused cuDNN kernel (NVIDIA GPUs, bf16/fp16);
     auto     `grouped` on CPU, elsewhere `jax.nn.dot_product_attention`'s own choice.
