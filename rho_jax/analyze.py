@@ -20,9 +20,10 @@ import yaml
 from rho_jax.analysis import dynamics, loss_curves, selection_page
 from rho_jax.analysis.models import load, model_tokenizer, run_checkpoints, valid_token_losses
 from rho_jax.data import SourceConfig, eval_batches, load_tokenizer
-from rho_jax.checkpoint import CHECKPOINTS_DIR
-from rho_jax.run_dir import CONFIG_FILE
-from rho_jax.step import SLMConfig
+from rho_jax.sharding import make_mesh
+from rho_jax.slm import SLMConfig
+from rho_jax.training.checkpoint import CHECKPOINTS_DIR
+from rho_jax.training.run_dir import CONFIG_FILE
 
 
 def run_seq_len(run: str | Path) -> int | None:
@@ -43,10 +44,10 @@ def cmd_dynamics(args: argparse.Namespace) -> None:
     seq_len = args.seq_len or run_seq_len(args.run)
     batches = eval_batches(SourceConfig(paths=tuple(args.data)), tokenizer, seq_len=seq_len,
                            global_batch_rows=args.batch_size, max_rows=args.max_rows)
-    losses = []
+    losses, mesh = [], make_mesh()
     for step, directory in checkpoints:
         print(f"scoring the held-out tokens with the checkpoint at step {step}", file=sys.stderr)
-        losses.append(valid_token_losses(*load(directory), batches))
+        losses.append(valid_token_losses(*load(directory, mesh), batches, mesh))
     summary = dynamics.write_report(dynamics.Dynamics.of([s for s, _ in checkpoints], losses, args.threshold),
                                     Path(args.output))
     print(dynamics.markdown(summary))

@@ -20,11 +20,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from rho_jax.config import ModelSource
-from rho_jax.model_source import load_model, tokenizer_dir
 from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.sharding import MeshConfig, make_mesh
+from rho_jax.training.config import ModelSource
+from rho_jax.training.model_sources import load_model, tokenizer_dir
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

@@ -2,7 +2,7 @@
 
     python -m rho_jax.demo [--out DIR]
 
-For every variant in `rho_jax.parity.TINY_VARIANTS` it (1) saves a random HF model with
+For every variant in `rho_jax.models.parity.TINY_VARIANTS` it (1) saves a random HF model with
 `transformers`, (2) loads it with `rho_jax.models.load_hf` and compares logits with
 `transformers` (fp32), (3) exports it back with `save_hf` and reloads it with `transformers`,
 (4) saves and restores it as a rho_jax orbax directory. Exits non-zero if any error exceeds 1e-4.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
-from rho_jax.parity import (
+from rho_jax.models.parity import (
     PARITY_TOLERANCE,
     TINY_VARIANTS,
     build_tiny_hf_model,

@@ -15,7 +15,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 class OptimizerConfig:
     """learning_rate is the peak, reached after `warmup_steps` of linear warmup from 0; then
     `cosine`/`linear` decay to `min_lr_ratio * learning_rate` at `total_steps`, or `constant`.
-    In a training run `total_steps` is left unset and follows the run length (`TrainConfig`)."""
+    In a training run `total_steps` is left unset and follows the run length (`RunConfig`)."""
 
     learning_rate: float = 8e-5
     schedule: str = "cosine"

@@ -1,6 +1,6 @@
 """Selective Language Modeling (Rho-1): per-token losses, score functions, global top-k selection, loss.
 
-Notation (DESIGN.md section 2), for one batch of positions `[B, T]`:
+Notation, for one batch of positions `[B, T]` (target y = the next token, natural log):
     L_theta[b,t] = -log p_theta(y | x<=t)       the model being trained
     L_ref[b,t]   = -log p_ref(y | x<=t)         the frozen reference model
     H_ref[b,t]   = entropy of p_ref(. | x<=t)
@@ -15,14 +15,23 @@ index; the SLM loss is the mean of L_theta over the kept positions (eq. 4).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
+from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from rho_jax.models.cross_entropy import token_losses
+from rho_jax.sharding import BATCH_AXES, batch_sharding, replicated
 
 SCORE_FUNCTIONS = ("excess", "reference_loss", "reference_entropy", "intersection")
+SELECTION_SCOPES = ("global", "microbatch", "sequence")
 RATIO_DENOMINATOR_LIMIT = 10_000
 
 
@@ -48,6 +57,63 @@ def validate_score_function(kind: str) -> str:
     return kind
 
 
+@dataclasses.dataclass(frozen=True)
+class SLMConfig:
+    """ratio: fraction of valid tokens trained on (1.0 = all); score: one of `SCORE_FUNCTIONS`;
+    scope: where the top k is taken (`SELECTION_SCOPES`: the whole global batch, each micro-batch,
+    or each row; see `rho_jax.step`); ce_chunk_size: sequence positions per cross-entropy chunk
+    (None = unchunked)."""
+
+    ratio: float = 0.6
+    score: str = "excess"
+    scope: str = "global"
+    ce_chunk_size: int | None = 512
+
+    def __post_init__(self) -> None:
+        validate_ratio(self.ratio)
+        validate_score_function(self.score)
+        if self.scope not in SELECTION_SCOPES:
+            raise ValueError(f"slm.scope must be one of {SELECTION_SCOPES}, got {self.scope!r}.")
+        if self.ce_chunk_size is not None and self.ce_chunk_size <= 0:
+            raise ValueError(f"slm.ce_chunk_size must be a positive integer or null, got {self.ce_chunk_size}.")
+
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether the score reads the reference's entropy H_ref."""
+        return self.score in ("reference_entropy", "intersection")
+
+    @property
+    def needs_model_loss(self) -> bool:
+        """Whether the score reads the trained model's own loss L_theta (only `excess`)."""
+        return self.score == "excess"
+
+    @property
+    def selects_all(self) -> bool:
+        """ratio 1.0: every valid token is kept (no scores, no sort)."""
+        return self.ratio == 1.0
+
+
+def check_reference(cfg: SLMConfig, has_reference: bool, model_vocab_size: int | None = None,
+                    reference_vocab_size: int | None = None) -> None:
+    """Refuse what cannot be SLM: a reference-based score or a ratio below 1 without a reference
+    (online or precomputed), and a reference whose vocabulary differs from the trained model's (the
+    two must share the tokenizer; checked when both sizes are given)."""
+    if not has_reference:
+        if cfg.score != "excess":
+            raise ValueError(f"score function {cfg.score!r} is computed from a reference model; none was given "
+                             "(set `reference`: init hf, checkpoint or precomputed).")
+        if cfg.ratio != 1.0:
+            raise ValueError(
+                f"slm.ratio={cfg.ratio} with score {cfg.score!r} needs a reference model; set `reference` "
+                "(init: hf, checkpoint or precomputed), or slm.ratio: 1.0 for plain CLM training."
+            )
+    if model_vocab_size is not None and reference_vocab_size is not None and model_vocab_size != reference_vocab_size:
+        raise ValueError(
+            f"reference vocab_size {reference_vocab_size} != model vocab_size {model_vocab_size}: the reference "
+            "must share the trained model's tokenizer."
+        )
+
+
 def num_to_select(n_valid: jax.Array, ratio: float) -> jax.Array:
     """k = ceil(ratio * n_valid), computed exactly in int32: with n = a*q + b and ratio = p/q,
     k = a*p + ceil(b*p / q), and b*p < q^2 <= 1e8 never overflows."""
@@ -58,118 +124,54 @@ def num_to_select(n_valid: jax.Array, ratio: float) -> jax.Array:
     return a * p + (b * p + q - 1) // q
 
 
-def _logits(hidden: jax.Array, weights: jax.Array) -> jax.Array:
-    return jnp.einsum("btd,dv->btv", hidden, weights, preferred_element_type=jnp.float32)
-
-
-def _to_chunks(x: jax.Array, chunk_size: int) -> jax.Array:
-    """`[B, T, ...]` -> `[n_chunks, B, chunk_size, ...]`, the sequence zero-padded to whole chunks
-    (the batch axis stays whole, so its sharding is kept)."""
-    batch, seq_len = x.shape[:2]
-    n_chunks = -(-seq_len // chunk_size)
-    pad = [(0, 0), (0, n_chunks * chunk_size - seq_len)] + [(0, 0)] * (x.ndim - 2)
-    return jnp.pad(x, pad).reshape(batch, n_chunks, chunk_size, *x.shape[2:]).swapaxes(0, 1)
-
-
-def _from_chunks(x: jax.Array, seq_len: int) -> jax.Array:
-    """Inverse of `_to_chunks`."""
-    return x.swapaxes(0, 1).reshape(x.shape[1], -1, *x.shape[3:])[:, :seq_len]
-
-
-def _is_chunked(chunk_size: int | None, seq_len: int) -> bool:
-    return chunk_size is not None and chunk_size < seq_len
-
-
-def _chunked(fn, chunk_size: int | None, *xs: jax.Array):
-    """`fn` applied to sequence chunks of the `[B, T, ...]` arrays `xs` one chunk at a time
-    (`lax.map`), results put back to `[B, T, ...]`; one call on the whole arrays without chunking."""
-    seq_len = xs[0].shape[1]
-    if not _is_chunked(chunk_size, seq_len):
-        return fn(*xs)
-    out = jax.lax.map(lambda args: fn(*args), tuple(_to_chunks(x, chunk_size) for x in xs))
-    return jax.tree.map(lambda y: _from_chunks(y, seq_len), out)
-
-
-def _token_stats(hidden: jax.Array, weights: jax.Array, targets: jax.Array, with_entropy: bool = False):
-    """(loss, log Z, entropy or None) per position of one block: log Z = logsumexp(logits),
-    loss = log Z - logits[target], entropy = log Z - sum(softmax(logits) * logits)."""
-    logits = _logits(hidden, weights)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    loss = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    if not with_entropy:
-        return loss, log_z, None
-    return loss, log_z, log_z - jnp.sum(jnp.exp(logits - log_z[..., None]) * logits, axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _cross_entropy(hidden: jax.Array, weights: jax.Array, targets: jax.Array, chunk_size: int | None) -> jax.Array:
-    return _cross_entropy_forward(hidden, weights, targets, chunk_size)[0]
-
-
-def _cross_entropy_forward(hidden, weights, targets, chunk_size):
-    loss, log_z, _ = _chunked(lambda h, y: _token_stats(h, weights, y), chunk_size, hidden, targets)
-    return loss, (hidden, weights, targets, log_z)
-
-
-def _cross_entropy_backward(chunk_size, residuals, g):
-    """d loss[b,t] / d logits[b,t,v] = softmax(logits)[v] - [v == target]: each chunk's logits are
-    recomputed (one matmul) and turned into the gradients of hidden and weights right away, so no
-    `[B, T, V]` array exists when chunked. The one-hot is a comparison fused into that expression
-    (no scatter), and the softmax reuses the forward's log Z."""
-    hidden, weights, targets, log_z = residuals
-
-    def chunk_grads(h, y, lz, gc):
-        logits = _logits(h, weights)
-        one_hot = jnp.arange(logits.shape[-1]) == y[..., None]
-        d_logits = ((jnp.exp(logits - lz[..., None]) - one_hot) * gc[..., None]).astype(h.dtype)
-        d_hidden = jnp.einsum("btv,dv->btd", d_logits, weights, preferred_element_type=jnp.float32)
-        d_weights = jnp.einsum("btd,btv->dv", h, d_logits, preferred_element_type=jnp.float32)
-        return d_hidden.astype(h.dtype), d_weights
-
-    if not _is_chunked(chunk_size, hidden.shape[1]):
-        d_hidden, d_weights = chunk_grads(hidden, targets, log_z, g)
-    else:
-        def accumulate(d_weights, xs):
-            d_h, d_w = chunk_grads(*xs)
-            return d_weights + d_w, d_h
-
-        chunks = tuple(_to_chunks(x, chunk_size) for x in (hidden, targets, log_z, g))
-        d_weights, d_hidden = jax.lax.scan(accumulate, jnp.zeros(weights.shape, jnp.float32), chunks)
-        d_hidden = _from_chunks(d_hidden, hidden.shape[1])
-    return d_hidden, d_weights.astype(weights.dtype), None
-
-
-_cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
-
-
-def token_losses(
-    hidden: jax.Array,
-    output_embedding: jax.Array,
-    targets: jax.Array,
-    *,
-    chunk_size: int | None = None,
-    with_entropy: bool = False,
+def model_token_losses(
+    graphdef: nnx.GraphDef, params: nnx.State, batch: dict, *, chunk_size: int | None, with_entropy: bool = False
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Per-token cross-entropy `-log softmax(hidden @ W)[target]` (and the entropy of that softmax).
+    """Per-token (L, H or None) `[B, T]` of the model `(graphdef, params)` on `batch` (`input_ids`,
+    `targets`, optional `segment_ids`, `positions`): the one computation of a model's per-token
+    losses that training, the reference, scoring, evaluation, analysis and the benchmark share."""
+    model = nnx.merge(graphdef, params)
+    hidden = model.hidden_states(batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
+    return token_losses(hidden, model.output_embedding(), batch["targets"], chunk_size=chunk_size,
+                        with_entropy=with_entropy)
 
-    hidden `[B, T, D]` (compute dtype), output_embedding W `[D, V]`, targets `[B, T]` int.
-    Returns float32 `loss [B, T]` and `entropy [B, T]` (None unless `with_entropy`).
-    With `chunk_size`, the sequence is processed `chunk_size` positions at a time, so only one
-    `[B, chunk, V]` block of fp32 logits exists at once, forward and backward.
 
-    The loss is differentiable through a fused backward pass (`_cross_entropy_backward`): the
-    forward keeps only log Z per token; the backward recomputes the logits chunk by chunk (one extra
-    matmul, the price of never holding `[B, T, V]`) and forms both gradients from
-    `softmax - one_hot`. With `with_entropy` (frozen models: the reference, scoring) the results
-    carry no gradient.
+def token_losses_on_mesh(
+    graphdef: nnx.GraphDef,
+    mesh: Mesh,
+    *,
+    chunk_size: int | None,
+    with_entropy: bool = False,
+    reduce: Callable[[jax.Array, jax.Array | None, dict], Any] | None = None,
+) -> Callable[[nnx.State, dict], Any]:
+    """`(params, batch) -> (loss, entropy or None)` (or `reduce(loss, entropy, batch)`), jitted
+    once, run on `mesh` with the batch sharded over (data, fsdp) and the results replicated.
+
+    A batch of jax arrays is taken as placed (multi-process callers build it with
+    `rho_jax.data.to_global_batch`). A host (NumPy) batch is placed here; its rows are padded with
+    invalid all-zero rows to a multiple of the batch shards and the per-token results cut back, so
+    any row count works (`reduce` must ignore rows whose `valid` is false).
     """
-    weights = output_embedding.astype(hidden.dtype)
-    if not with_entropy:
-        return _cross_entropy(hidden, weights, targets, chunk_size), None
 
-    hidden, weights = jax.lax.stop_gradient((hidden, weights))
-    loss, _, entropy = _chunked(lambda h, y: _token_stats(h, weights, y, True), chunk_size, hidden, targets)
-    return loss, entropy
+    def forward(params: nnx.State, batch: dict) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # lets the model pin activations' batch axis
+            loss, entropy = model_token_losses(graphdef, params, batch, chunk_size=chunk_size, with_entropy=with_entropy)
+        return (loss, entropy) if reduce is None else reduce(loss, entropy, batch)
+
+    jitted = jax.jit(forward, out_shardings=replicated(mesh))
+    shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+    def call(params: nnx.State, batch: dict) -> Any:
+        if any(isinstance(value, jax.Array) for value in batch.values()):
+            return jitted(params, batch)
+        rows = len(batch["input_ids"])
+        padding = -rows % shards
+        padded = {k: np.concatenate([v, np.zeros((padding, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        out = jitted(params, jax.device_put(padded, batch_sharding(mesh)))
+        return jax.tree.map(lambda x: x[:rows], out) if reduce is None and padding else out
+
+    call.lower = jitted.lower  # for compiled-memory analysis of placed batches (the benchmark)
+    return call
 
 
 def token_scores(

@@ -4,7 +4,7 @@ Inside the step, for a global batch split into `accumulation_steps` micro-batche
 1. reference forward (no gradient, no stored activations): L_ref and, if the score needs it, H_ref;
    with a precomputed reference they are read from the batch (`ref_loss`, `ref_entropy`) instead;
 2. forward of the trained model: per-token L_theta, chunked so no full `[B, T, V]` fp32 logits exist;
-3. scores and selection (`rho_jax.slm`), over the scope chosen in `SLMConfig.scope`:
+3. scores and selection (`rho_jax.slm`), over the scope chosen in `slm.SLMConfig.scope`:
    - `global` (default, the paper's meaning): top k of the whole global batch, across every
      device, host and micro-batch. With accumulation and the `excess` score this needs L_theta of
      every micro-batch before any gradient, so the step runs one extra no-grad forward pass;
@@ -23,7 +23,8 @@ for padding, cross-document targets and masked prompt tokens), optional `segment
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,28 +36,6 @@ from rho_jax import slm
 from rho_jax.models import Llama
 from rho_jax.sharding import batch_sharding, constrain_batch_axis, param_shardings, replicated
 
-SELECTION_SCOPES = ("global", "microbatch", "sequence")
-
-
-@dataclasses.dataclass(frozen=True)
-class SLMConfig:
-    """ratio: fraction of valid tokens trained on (1.0 = all); score: one of `slm.SCORE_FUNCTIONS`;
-    scope: selection scope (see module docstring); ce_chunk_size: sequence positions per
-    cross-entropy chunk (None = unchunked)."""
-
-    ratio: float = 0.6
-    score: str = "excess"
-    scope: str = "global"
-    ce_chunk_size: int | None = 512
-
-    def __post_init__(self) -> None:
-        slm.validate_ratio(self.ratio)
-        slm.validate_score_function(self.score)
-        if self.scope not in SELECTION_SCOPES:
-            raise ValueError(f"slm.scope must be one of {SELECTION_SCOPES}, got {self.scope!r}.")
-        if self.ce_chunk_size is not None and self.ce_chunk_size <= 0:
-            raise ValueError(f"slm.ce_chunk_size must be a positive integer or null, got {self.ce_chunk_size}.")
-
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -66,39 +45,7 @@ class TrainState:
     opt_state: Any
 
 
-def _check_reference_present(has_reference: bool, cfg: SLMConfig) -> None:
-    if has_reference:
-        return
-    if cfg.score != "excess":
-        raise ValueError(f"score function {cfg.score!r} is computed from a reference model; none was given.")
-    if cfg.ratio != 1.0:
-        raise ValueError(
-            f"slm.ratio={cfg.ratio} with score {cfg.score!r} needs a reference model; "
-            "without one only ratio 1.0 (plain CLM) is possible."
-        )
-
-
-def check_reference(model: Llama, reference: Llama | None, cfg: SLMConfig) -> None:
-    """Refuse combinations that cannot be SLM: no reference with ratio < 1 or a reference-based
-    score, mismatched vocabularies (the reference must share the tokenizer)."""
-    _check_reference_present(reference is not None, cfg)
-    if reference is None:
-        return
-    if reference.config.vocab_size != model.config.vocab_size:
-        raise ValueError(
-            f"reference vocab_size {reference.config.vocab_size} != model vocab_size "
-            f"{model.config.vocab_size}: the reference must share the trained model's tokenizer."
-        )
-
-
-def model_token_losses(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, chunk: int | None, with_entropy: bool):
-    """Per-token (loss, entropy or None) `[B, T]` of the model `(graphdef, params)` on `batch`."""
-    model = nnx.merge(graphdef, params)
-    hidden = model.hidden_states(batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
-    return slm.token_losses(hidden, model.output_embedding(), batch["targets"], chunk_size=chunk, with_entropy=with_entropy)
-
-
-def _split_micro(batch: dict, steps: int) -> dict:
+def split_micro_batches(batch: dict, steps: int) -> dict:
     """`[B, ...]` -> `[steps, B // steps, ...]` with micro-batch i = rows i, i + steps, i + 2*steps...
 
     Strided, so every micro-batch spans all batch shards (each device keeps B / steps / n_shards
@@ -114,15 +61,48 @@ def _split_micro(batch: dict, steps: int) -> dict:
     return {k: split(v) for k, v in batch.items()}
 
 
-def _merge_micro(x: jax.Array) -> jax.Array:
-    """Inverse of `_split_micro`: back to the global batch's row order."""
+def merge_micro_batches(x: jax.Array) -> jax.Array:
+    """Inverse of `split_micro_batches` for one array: back to the global batch's row order."""
     return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def select_in_scope(cfg: slm.SLMConfig, valid: jax.Array, loss: jax.Array | None, ref_loss: jax.Array | None,
+                    ref_entropy: jax.Array | None) -> jax.Array:
+    """The selection mask of `cfg.score` at `cfg.ratio` over all positions given (`global` and
+    `microbatch` scopes: the caller passes the positions that compete), or row by row (`sequence`).
+    At ratio 1.0 every valid position is kept."""
+    if cfg.selects_all:
+        return valid
+
+    def pick(v, l, r, e):
+        return slm.select_by_score(cfg.score, cfg.ratio, v, loss=l, ref_loss=r, ref_entropy=e)
+
+    if cfg.scope == "sequence":
+        def row(*xs):
+            return pick(*(None if x is None else x[None] for x in xs))[0]
+
+        return jax.vmap(row)(valid, loss, ref_loss, ref_entropy)
+    return pick(valid, loss, ref_loss, ref_entropy)
+
+
+def accumulate(objective: Callable, params: nnx.State, micro: Any, sums_shape: Any) -> tuple[nnx.State, Any]:
+    """Sum of `grad objective(params, m)` and of its auxiliary sums over the micro-batches `m` of
+    `micro` (leading axis), one micro-batch at a time (`lax.scan`): memory of one micro-batch.
+    `objective(params, m) -> (value, sums)`; `sums_shape` is the abstract shape of `sums`."""
+
+    def one(carry, m):
+        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params, m)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    init = jax.tree.map(jnp.zeros_like, (params, sums_shape))
+    (grads, sums), _ = jax.lax.scan(one, init, micro)
+    return grads, sums
 
 
 def build_train_step(
     model_graphdef: nnx.GraphDef,
     ref_graphdef: nnx.GraphDef | None,
-    cfg: SLMConfig,
+    cfg: slm.SLMConfig,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     accumulation_steps: int = 1,
@@ -135,71 +115,50 @@ def build_train_step(
     if precomputed_reference and ref_graphdef is not None:
         raise ValueError("a precomputed reference replaces the reference model; pass ref_graphdef=None.")
     has_reference = ref_graphdef is not None or precomputed_reference
-    _check_reference_present(has_reference, cfg)
-    needs_entropy = cfg.score in ("reference_entropy", "intersection")
-    needs_model_loss = cfg.score == "excess"
-    # Global selection across micro-batches must see every micro-batch's scores before any gradient
-    # (not needed at ratio 1.0, where every valid token is kept).
-    preselect = has_reference and cfg.ratio != 1.0 and cfg.scope == "global" and accumulation_steps > 1
+    slm.check_reference(cfg, has_reference)
+    # Global selection across micro-batches must see every micro-batch's scores before any gradient.
+    preselect = not cfg.selects_all and cfg.scope == "global" and accumulation_steps > 1
 
-    def select(loss, ref_loss, ref_entropy, valid):
-        """Selection mask over all positions given (global), or row by row (sequence scope)."""
-        if not has_reference or cfg.ratio == 1.0:  # every valid token is kept: no sort needed
-            return valid
+    def token_losses(graphdef, params, batch, with_entropy=False):
+        return slm.model_token_losses(graphdef, params, batch, chunk_size=cfg.ce_chunk_size, with_entropy=with_entropy)
 
-        def pick(l, r, e, v):
-            return slm.select_by_score(cfg.score, cfg.ratio, v, loss=l, ref_loss=r, ref_entropy=e)
+    def reference_scores(ref_params, micro):
+        """(L_ref, H_ref or None) of every micro-batch, read from the batch or computed without gradient."""
+        if precomputed_reference:
+            return micro["ref_loss"], micro["ref_entropy"] if cfg.needs_entropy else None
+        if not has_reference:
+            return None, None
+        return jax.lax.stop_gradient(jax.lax.map(
+            lambda m: token_losses(ref_graphdef, ref_params, m, cfg.needs_entropy), micro))
 
-        if cfg.scope == "sequence":
-            def row(*xs):
-                return pick(*(None if x is None else x[None] for x in xs))[0]
+    def global_selection(params, micro, ref_loss, ref_entropy):
+        """The selection over the whole global batch, in its row order (so ties break exactly as
+        without accumulation), split back into micro-batches."""
+        loss = jax.lax.map(lambda m: token_losses(model_graphdef, params, m)[0], micro) if cfg.needs_model_loss else None
+        in_order = lambda x: None if x is None else merge_micro_batches(x)
+        selected = select_in_scope(cfg, *(in_order(x) for x in (micro["valid"], loss, ref_loss, ref_entropy)))
+        return split_micro_batches({"selected": selected}, accumulation_steps)["selected"]
 
-            return jax.vmap(row)(loss, ref_loss, ref_entropy, valid)
-        return pick(loss, ref_loss, ref_entropy, valid)
-
-    def reference(ref_params, micro):
-        loss, entropy = model_token_losses(ref_graphdef, ref_params, micro, cfg.ce_chunk_size, needs_entropy)
-        return jax.lax.stop_gradient(loss), None if entropy is None else jax.lax.stop_gradient(entropy)
-
-    def model_loss(params, micro):
-        return model_token_losses(model_graphdef, params, micro, cfg.ce_chunk_size, False)[0]
+    def objective(params, micro_batch):
+        """(sum of L_theta over the selected tokens, loss sums) of one micro-batch."""
+        batch, ref_loss, ref_entropy, selected = micro_batch
+        loss = token_losses(model_graphdef, params, batch)[0]
+        if selected is None:
+            scored_loss = jax.lax.stop_gradient(loss) if cfg.needs_model_loss else None
+            selected = select_in_scope(cfg, batch["valid"], scored_loss, ref_loss, ref_entropy)
+        sums = slm.loss_sums(loss, selected, batch["valid"], ref_loss)
+        return sums["selected_loss_sum"], sums
 
     def step(state: TrainState, batch: dict, ref_params: nnx.State | None) -> tuple[TrainState, dict]:
         params = state.params
-        micro = _split_micro(batch, accumulation_steps)
-        ref_loss = ref_entropy = selected = None
-        if precomputed_reference:
-            ref_loss, ref_entropy = micro["ref_loss"], micro["ref_entropy"] if needs_entropy else None
-        elif has_reference:
-            ref_loss, ref_entropy = jax.lax.map(lambda m: reference(ref_params, m), micro)
-        if preselect:
-            scored = jax.lax.map(lambda m: model_loss(params, m), micro) if needs_model_loss else None
-            # Select in the global batch's row order, so ties break exactly as without accumulation.
-            in_order = lambda x: None if x is None else _merge_micro(x)
-            selected = select(in_order(scored), in_order(ref_loss), in_order(ref_entropy), in_order(micro["valid"]))
-            selected = _split_micro({"selected": selected}, accumulation_steps)["selected"]
-
-        def micro_step(carry, xs):
-            mb, mb_ref_loss, mb_ref_entropy, mb_selected = xs
-
-            def objective(p):
-                loss = model_loss(p, mb)
-                chosen = mb_selected
-                if chosen is None:
-                    scored_loss = jax.lax.stop_gradient(loss) if needs_model_loss else None
-                    chosen = select(scored_loss, mb_ref_loss, mb_ref_entropy, mb["valid"])
-                sums = slm.loss_sums(loss, chosen, mb["valid"], mb_ref_loss)
-                return sums["selected_loss_sum"], sums
-
-            (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
-            return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
+        micro = split_micro_batches(batch, accumulation_steps)
+        ref_loss, ref_entropy = reference_scores(ref_params, micro)
+        selected = global_selection(params, micro, ref_loss, ref_entropy) if preselect else None
         loss_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.float32)
         mask_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.bool_)
         sums_shape = jax.eval_shape(slm.loss_sums, loss_shape, mask_shape, mask_shape,
                                     loss_shape if has_reference else None)
-        init = jax.tree.map(jnp.zeros_like, (params, sums_shape))
-        (grads, sums), _ = jax.lax.scan(micro_step, init, (micro, ref_loss, ref_entropy, selected))
+        grads, sums = accumulate(objective, params, (micro, ref_loss, ref_entropy, selected), sums_shape)
         # d/dθ [sum(selected * L) / K] with K the number of selected tokens in the global batch.
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["num_selected"], 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)

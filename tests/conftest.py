@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory):
     """`tiny_hf_dir(variant)` -> path of a tiny random HF model of that variant (built once per session)."""
-    from rho_jax.parity import build_tiny_hf_model
+    from rho_jax.models.parity import build_tiny_hf_model
 
     built = {}
 

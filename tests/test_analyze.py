@@ -8,13 +8,13 @@ import re
 
 import numpy as np
 import pytest
+from train_runs import TINY, run_config
 
 from rho_jax.analysis.dynamics import CATEGORIES, Dynamics, classify
 from rho_jax.analysis.loss_curves import ema
 from rho_jax.analyze import main as analyze
-from rho_jax.run_dir import read_jsonl
 from rho_jax.train import main as train
-from train_runs import TINY, run_config
+from rho_jax.training.run_dir import read_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

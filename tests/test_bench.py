@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from rho_jax import flops
-from rho_jax.bench import main, measured_matmul_tflops
+from rho_jax.bench import flops
+from rho_jax.bench.step_bench import main, measured_matmul_tflops
 from rho_jax.models import ModelConfig
 
 
@@ -58,7 +58,7 @@ def test_op_profile_finds_the_matmul_of_a_program(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from rho_jax.op_profile import format_profile, profile_ops
+    from rho_jax.bench.op_profile import format_profile, profile_ops
 
     program = jax.jit(lambda a: jnp.tanh(a[:8]) + (a @ a)[:8])
     a = jnp.ones((512, 512))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rho_jax.config import ConfigError, TrainConfig, config_differences, load_config
-from rho_jax.config_schema import to_data
+from rho_jax.training.config import ConfigError, RunConfig, config_differences, load_config
+from rho_jax.training.schema import to_data
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {
@@ -25,7 +25,7 @@ def write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def load(tmp_path: Path, data: dict, *overrides: str) -> TrainConfig:
+def load(tmp_path: Path, data: dict, *overrides: str) -> RunConfig:
     return load_config(write(tmp_path, data), list(overrides))
 
 

@@ -32,7 +32,7 @@ from rho_jax.data.pipeline import training_order
 from rho_jax.data.sources import JsonlSource, ParquetSource, open_source
 from rho_jax.data.tokenizer import encode_document
 from rho_jax.models.llama import positions_from_segments
-from rho_jax.parity import build_tiny_tokenizer
+from rho_jax.models.parity import build_tiny_tokenizer
 
 EOS = 2
 OFFSET = 3  # token id of word w{i}

@@ -9,7 +9,7 @@ import pytest
 
 from rho_jax.data import DataConfig, SourceConfig, eval_batches, load_tokenizer, train_dataset
 from rho_jax.data.prepare import main
-from rho_jax.parity import build_tiny_tokenizer
+from rho_jax.models.parity import build_tiny_tokenizer
 
 SEQ_LEN = 16
 

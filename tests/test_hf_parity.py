@@ -12,8 +12,7 @@ import pytest
 from flax import nnx
 
 from rho_jax.models import ModelOptions, load_hf
-from rho_jax.parity import PARITY_TOLERANCE, TINY_VARIANTS, hf_reference_logits, random_token_ids
-
+from rho_jax.models.parity import PARITY_TOLERANCE, TINY_VARIANTS, hf_reference_logits, random_token_ids
 
 
 @pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))

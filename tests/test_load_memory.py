@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from rho_jax.models import read_hf_config
-from rho_jax.parity import build_tiny_hf_model
+from rho_jax.models.parity import build_tiny_hf_model
 
 _MEASURE = textwrap.dedent(
     r"""

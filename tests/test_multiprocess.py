@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cluster_runs import assert_succeeded, finish, run_processes, start_processes
+from train_runs import TINY, checkpoint_steps, final_params, losses, model_yaml, run_config
 
 from rho_jax.convert import main as convert
 from rho_jax.data.prepare import main as prepare
-from rho_jax.distributed import Cluster, ClusterError, add_cluster_arguments, detect_cluster
-from rho_jax.run_dir import read_jsonl
 from rho_jax.train import STOPPED, main
-
-from cluster_runs import assert_succeeded, finish, run_processes, start_processes
-from train_runs import TINY, checkpoint_steps, final_params, losses, model_yaml, run_config
+from rho_jax.training.cluster import Cluster, ClusterError, add_cluster_arguments, detect_cluster
+from rho_jax.training.run_dir import read_jsonl
 
 # Same global batches and computation; only the grouping of floating-point sums may differ (by
 # process or by device count), which moves a float32 loss of ~8 by at most an ulp or two (1e-6).

@@ -8,8 +8,7 @@ import pytest
 
 from rho_jax.models import load_hf
 from rho_jax.models.llama import attention_mask, positions_from_segments
-from rho_jax.parity import PARITY_TOLERANCE, hf_reference_logits, random_token_ids
-
+from rho_jax.models.parity import PARITY_TOLERANCE, hf_reference_logits, random_token_ids
 
 
 def test_positions_restart_at_each_segment():

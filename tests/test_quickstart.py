@@ -194,10 +194,10 @@ def test_shrunken_quickstart_writes_a_sane_report(quickstart) -> None:
 
 def test_selection_keeps_exactly_the_ratio_of_each_probe_batch(quickstart) -> None:
     settings, _ = quickstart
-    from rho_jax.config import load_config
     from rho_jax.quickstart.probe import selection_counts
     from rho_jax.quickstart.selection import RunModels
     from rho_jax.sharding import make_mesh
+    from rho_jax.training.config import load_config
 
     run_dir = Path(settings.output) / "slm-seed0"
     cfg = load_config(run_dir / "config.yaml")

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rho_jax.convert import main as convert_main
 from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
-from rho_jax.parity import hf_reference_logits, random_token_ids
+from rho_jax.models.parity import hf_reference_logits, random_token_ids
 
 
 def _params(model) -> dict:

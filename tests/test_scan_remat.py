@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from rho_jax.models import ModelOptions, load_hf
+from rho_jax.models.parity import random_token_ids
 from rho_jax.models.remat import REMAT_POLICIES
-from rho_jax.parity import random_token_ids
 
 
 def _logits_and_grads(model, ids, segments):

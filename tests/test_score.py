@@ -8,19 +8,19 @@ import grain
 import numpy as np
 import pytest
 import yaml
+from cluster_runs import assert_succeeded, run_processes
+from train_runs import ROOT, TINY, final_params, losses, model_yaml, run_config
 
-from rho_jax.config import ConfigError, load_config
 from rho_jax.data import SourceConfig
 from rho_jax.data.prepare import main as prepare
 from rho_jax.data.scores import METADATA_FILE, read_metadata, record_to_scores, score_shard_name
 from rho_jax.data.sources import open_source
-from rho_jax.parity import build_tiny_tokenizer
-from rho_jax.run_dir import read_jsonl
+from rho_jax.models.parity import build_tiny_tokenizer
 from rho_jax.score import ScoreConfig
 from rho_jax.score import main as score_main
 from rho_jax.train import main as train
-from cluster_runs import assert_succeeded, run_processes
-from train_runs import ROOT, TINY, final_params, losses, model_yaml, run_config
+from rho_jax.training.config import ConfigError, load_config
+from rho_jax.training.run_dir import read_jsonl
 
 SEQ_LEN = 32
 

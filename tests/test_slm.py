@@ -12,7 +12,7 @@ import pytest
 
 from rho_jax import slm
 
-# ---- independent reference (plain NumPy / Python, written from DESIGN.md section 2) -----------
+# ---- independent reference (plain NumPy / Python, written from the paper's eq. 3-4) -----------
 
 
 def np_scores(kind, loss, ref_loss, ref_entropy):

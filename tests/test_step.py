@@ -15,7 +15,8 @@ from rho_jax.batch import batch_from_tokens
 from rho_jax.models import Llama, ModelConfig
 from rho_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from rho_jax.sharding import MeshConfig, batch_sharding, make_mesh, param_shardings
-from rho_jax.step import SLMConfig, build_train_step, check_reference, init_train_state, jit_train_step, place_reference
+from rho_jax.slm import SLMConfig, check_reference
+from rho_jax.step import build_train_step, init_train_state, jit_train_step, place_reference
 
 MODEL = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5)
@@ -43,7 +44,7 @@ def make_batch(seed=0, rows=8, seq=24):
 def run_steps(mesh_shape, slm_cfg, batch, steps=2, accumulation=1, with_reference=True):
     model = Llama(MODEL, rngs=nnx.Rngs(0))
     reference = Llama(REFERENCE, rngs=nnx.Rngs(1)) if with_reference else None
-    check_reference(model, reference, slm_cfg)
+    check_reference(slm_cfg, reference is not None, MODEL.vocab_size, None if reference is None else REFERENCE.vocab_size)
     mesh = mesh_of(mesh_shape)
     optimizer = make_optimizer(OPTIMIZER, nnx.state(model, nnx.Param))
     state, shardings = init_train_state(model, optimizer, mesh)
@@ -177,11 +178,11 @@ def test_invalid_combinations_fail_clearly():
     other_vocab = Llama(ModelConfig(vocab_size=65, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                     num_attention_heads=2), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="reference vocab_size 65 != model vocab_size 64.*tokenizer"):
-        check_reference(model, other_vocab, SLMConfig())
+        check_reference(SLMConfig(), True, model.config.vocab_size, other_vocab.config.vocab_size)
     with pytest.raises(ValueError, match="slm.ratio=0.6 .* needs a reference model"):
-        check_reference(model, None, SLMConfig(ratio=0.6))
+        check_reference(SLMConfig(ratio=0.6), False)
     with pytest.raises(ValueError, match="'reference_entropy' is computed from a reference model"):
-        check_reference(model, None, SLMConfig(ratio=1.0, score="reference_entropy"))
+        check_reference(SLMConfig(ratio=1.0, score="reference_entropy"), False)
     with pytest.raises(ValueError, match=r"ratio must be a number in \(0, 1\]"):
         SLMConfig(ratio=1.5)
     with pytest.raises(ValueError, match="slm.scope must be one of"):

@@ -17,11 +17,10 @@ import jax
 import numpy as np
 import pytest
 import yaml
-
-from rho_jax.config import load_config
-from rho_jax.train import STOPPED, Trainer, main
-
 from train_runs import ROOT, TOKENS_PER_STEP, checkpoint_steps, losses, read_jsonl, run_config
+
+from rho_jax.train import STOPPED, Trainer, main
+from rho_jax.training.config import load_config
 
 REQUIRED_METRICS = {"step", "tokens", "loss", "loss_selected", "loss_unselected", "loss_all",
                     "selected_fraction", "lr", "tokens_per_sec"}
@@ -69,8 +68,8 @@ def test_retention_keeps_the_last_n_and_every_mth(tmp_path):
     (10_000, None, [], []),
 ])
 def test_checkpoint_schedule(every, keep_every, expected_saves, expected_permanent):
-    from rho_jax.checkpoint import interval_save_steps, permanent_steps
-    from rho_jax.config import CheckpointConfig
+    from rho_jax.training.checkpoint import interval_save_steps, permanent_steps
+    from rho_jax.training.config import CheckpointConfig
 
     assert interval_save_steps(every, TOKENS_PER_STEP, 8) == expected_saves
     assert permanent_steps(CheckpointConfig(every_tokens=every, keep_every=keep_every), TOKENS_PER_STEP, 8) == expected_permanent
@@ -232,7 +231,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, change, message):
 
 
 def test_tokenizer_mismatch_between_reference_and_data_is_refused(reference_run, tmp_path, capsys):
-    from rho_jax.parity import build_tiny_tokenizer
+    from rho_jax.models.parity import build_tiny_tokenizer
 
     other = tmp_path / "other-tokenizer"
     build_tiny_tokenizer(other)

@@ -9,10 +9,10 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from rho_jax.config import ModelSource
-from rho_jax.model_source import load_model
-from rho_jax.run_dir import read_jsonl
 from rho_jax.sharding import make_mesh
+from rho_jax.training.config import ModelSource
+from rho_jax.training.model_sources import load_model
+from rho_jax.training.run_dir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "tiny"

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rho_jax.run_dir import METRICS_FILE, read_jsonl  # noqa: E402
+from rho_jax.training.run_dir import METRICS_FILE, read_jsonl  # noqa: E402
 
 CURVES = (("loss_selected", "selected tokens", "-"), ("loss_unselected", "unselected tokens", "--"),
           ("loss_all", "all tokens", ":"))

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
 
-import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from rho_jax.checkpoint import CHECKPOINTS_DIR, checkpoint_steps
-from rho_jax.config import ModelSource
-from rho_jax.model_source import load_model, tokenizer_dir
 from rho_jax.models.safetensors_io import INDEX_FILE, SINGLE_FILE
-from rho_jax.sharding import make_mesh
-from rho_jax.step import model_token_losses
+from rho_jax.slm import token_losses_on_mesh
+from rho_jax.training.checkpoint import CHECKPOINTS_DIR, checkpoint_steps
+from rho_jax.training.config import ModelSource
+from rho_jax.training.model_sources import load_model, tokenizer_dir
 
 
 def model_source(path: str | Path) -> ModelSource:
@@ -25,9 +23,9 @@ def model_source(path: str | Path) -> ModelSource:
     return ModelSource(init="hf" if is_hf else "checkpoint", path=str(path))
 
 
-def load(path: str | Path) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graph definition, parameters) of the model at `path`, on all local devices."""
-    graphdef, params = nnx.split(load_model(model_source(path), make_mesh()), nnx.Param)
+def load(path: str | Path, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graph definition, parameters) of the model at `path`, placed on `mesh`."""
+    graphdef, params = nnx.split(load_model(model_source(path), mesh), nnx.Param)
     return graphdef, params
 
 
@@ -47,12 +45,8 @@ def model_tokenizer(path: str | Path) -> str:
     return str(directory)
 
 
-def token_loss_fn(graphdef: nnx.GraphDef, chunk: int | None = 512) -> Callable[[nnx.State, dict], Any]:
-    """Jitted `(params, batch) -> loss [B, T]`, the per-token cross-entropy of the model."""
-    return jax.jit(lambda params, batch: model_token_losses(graphdef, params, batch, chunk, False)[0])
-
-
-def valid_token_losses(graphdef: nnx.GraphDef, params: nnx.State, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+def valid_token_losses(graphdef: nnx.GraphDef, params: nnx.State, batches: list[dict[str, np.ndarray]], mesh: Mesh,
+                       chunk: int | None = 512) -> np.ndarray:
     """The losses of every valid target of `batches`, in order (1-D float32)."""
-    losses = token_loss_fn(graphdef)
-    return np.concatenate([np.asarray(losses(params, b))[b["valid"]] for b in batches])
+    losses = token_losses_on_mesh(graphdef, mesh, chunk_size=chunk)
+    return np.concatenate([np.asarray(losses(params, b)[0])[b["valid"]] for b in batches])

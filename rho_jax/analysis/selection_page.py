@@ -3,7 +3,7 @@
 The text (a .txt file, or jsonl/parquet with a text field) is tokenized and packed into rows of
 `seq_len + 1` tokens exactly like training data; the trained model (a checkpoint or HF directory)
 and the reference score every target, and the selection is the train step's over all those rows
-together (`rho_jax.token_scores`). Tokens are colored by their score (for `excess`: model loss
+together (`rho_jax.analysis.token_scores`). Tokens are colored by their score (for `excess`: model loss
 minus reference loss), selected ones are bold and underlined, hovering shows the losses.
 """
 
@@ -18,13 +18,14 @@ import numpy as np
 import transformers
 
 from rho_jax.analysis.models import load
+from rho_jax.analysis.token_html import TokenView, document_pieces, piece_views, render_token_html
+from rho_jax.analysis.token_scores import build_token_scorer
 from rho_jax.batch import batch_from_tokens
 from rho_jax.data import SourceConfig, load_tokenizer
 from rho_jax.data.packing import source_rows
 from rho_jax.data.sources import open_source
-from rho_jax.step import SLMConfig
-from rho_jax.token_html import TokenView, document_pieces, piece_views, render_token_html
-from rho_jax.token_scores import build_token_scorer
+from rho_jax.sharding import make_mesh
+from rho_jax.slm import SLMConfig
 
 
 def text_batch(path: str | Path, tokenizer: transformers.PreTrainedTokenizerBase, seq_len: int, max_rows: int
@@ -59,9 +60,11 @@ def write_page(model: str | Path, reference: str | Path, text: str | Path, outpu
     """Score `text` with `model` and `reference`, write the page to `output`; returns a summary."""
     hf_tokenizer = load_tokenizer(tokenizer)
     batch = text_batch(text, hf_tokenizer, seq_len, max_rows)
-    graphdef, params = load(model)
-    ref_graphdef, ref_params = load(reference)
-    scores = {k: np.asarray(v) for k, v in build_token_scorer(graphdef, ref_graphdef, slm)(params, ref_params, batch).items()}
+    mesh = make_mesh()
+    graphdef, params = load(model, mesh)
+    ref_graphdef, ref_params = load(reference, mesh)
+    scorer = build_token_scorer(graphdef, ref_graphdef, slm, mesh)
+    scores = {k: np.asarray(v) for k, v in scorer(params, ref_params, batch).items()}
     valid = batch["valid"]
     finite = np.isfinite(scores["score"][valid])
     scale = float(np.quantile(np.abs(scores["score"][valid][finite]), 0.95)) if finite.any() else 1.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

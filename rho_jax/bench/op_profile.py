@@ -16,8 +16,9 @@ import dataclasses
 import gzip
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 

@@ -12,13 +12,13 @@ noise hits all alike:
     reference scoring          the forward of `python -m rho_jax.score` (scoring throughput)
     selection (top-k)          the SLM selection alone on the batch's scores (and, with
                                --selection-tokens N, on a global batch of N tokens)
-    PyTorch peer               `rho_jax.bench_peer`: transformers + torch.topk, same model and batch
-Reports step time (median), tokens/s, time relative to CLM, model FLOPs utilization (`rho_jax.flops`)
+    PyTorch peer               `rho_jax.bench.peer`: transformers + torch.topk, same model and batch
+Reports step time (median), tokens/s, time relative to CLM, model FLOPs utilization (`rho_jax.bench.flops`)
 against the device's peak (the datasheet figure of common accelerators, --peak-tflops, or else the
 measured throughput of a large matmul in the benchmark's dtype, e.g. on CPUs), memory (the
 compiled program's arguments + temporaries per device, and the allocator's peak where the platform
 reports it), the selection's share of the SLM step, and rho_jax SLM time / PyTorch peer time; with
---profile DIR, a profiler trace of the SLM step and its time per XLA operation (`rho_jax.op_profile`).
+--profile DIR, a profiler trace of the SLM step and its time per XLA operation (`rho_jax.bench.op_profile`).
 """
 
 from __future__ import annotations
@@ -28,22 +28,25 @@ import importlib.util
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
-from rho_jax import flops, op_profile, slm
+from rho_jax import slm
 from rho_jax.batch import batch_from_tokens
-from rho_jax.bench_peer import TorchSLMStep
+from rho_jax.bench import flops, op_profile
+from rho_jax.bench.peer import TorchSLMStep
 from rho_jax.models import Llama, ModelConfig, ModelOptions
 from rho_jax.models.attention import ATTENTION_IMPLEMENTATIONS
 from rho_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from rho_jax.score import build_reference_scorer
 from rho_jax.sharding import MeshConfig, batch_sharding, make_mesh
-from rho_jax.step import SLMConfig, build_train_step, init_train_state, jit_train_step, place_reference
+from rho_jax.slm import SLMConfig
+from rho_jax.step import build_train_step, init_train_state, jit_train_step, place_reference
+from rho_jax.training.scoring import build_reference_scorer
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "configs" / "models" / "tiny-cpu.yaml"
 
@@ -83,8 +86,8 @@ def train_variant(name, model, reference, slm_cfg, mesh, batch, flops_per_step, 
 
 def scoring_variant(reference, mesh, batch, chunk, flops_per_step) -> dict[str, Any]:
     """The reference forward of `python -m rho_jax.score` on the same batch."""
-    ref_params, ref_shardings = place_reference(reference, mesh)
-    forward = build_reference_scorer(nnx.graphdef(reference), ref_shardings, mesh, chunk)
+    ref_params, _ = place_reference(reference, mesh)
+    forward = build_reference_scorer(nnx.graphdef(reference), mesh, chunk)
     inputs = {k: batch[k] for k in ("input_ids", "targets", "segment_ids")}
     return _variant("reference scoring (rho_jax.score)", lambda: forward(ref_params, inputs),
                     _memory_bytes(forward, ref_params, inputs), flops_per_step)

@@ -11,7 +11,8 @@ into model batches.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import numpy as np

@@ -1,8 +1,8 @@
-"""Held-out evaluation during training: mean cross-entropy over the valid targets of a fixed set."""
+"""Held-out loss: mean cross-entropy over the valid targets of a fixed set of batches."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -10,22 +10,19 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rho_jax.batch import BATCH_KEYS
 from rho_jax.data import to_global_batch
-from rho_jax.sharding import batch_sharding, replicated
-from rho_jax.step import model_token_losses
+from rho_jax.sharding import batch_sharding
+from rho_jax.slm import token_losses_on_mesh
 
 
-def build_eval_step(graphdef: nnx.GraphDef, params_shardings: Any, mesh: Mesh, chunk: int | None) -> Callable:
+def _valid_sums(loss: jax.Array, _entropy: None, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(sum of the loss over valid targets, number of valid targets)."""
+    return jnp.sum(jnp.where(batch["valid"], loss, 0.0)), jnp.sum(batch["valid"].astype(jnp.float32))
+
+
+def build_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, chunk: int | None) -> Callable:
     """Jitted `(params, batch) -> (sum of loss over valid targets, number of valid targets)`."""
-
-    def sums(params: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            loss, _ = model_token_losses(graphdef, params, batch, chunk, False)
-        return jnp.sum(jnp.where(batch["valid"], loss, 0.0)), jnp.sum(batch["valid"].astype(jnp.float32))
-
-    return jax.jit(sums, in_shardings=(params_shardings, {k: batch_sharding(mesh) for k in BATCH_KEYS}),
-                   out_shardings=replicated(mesh))
+    return token_losses_on_mesh(graphdef, mesh, chunk_size=chunk, reduce=_valid_sums)
 
 
 def evaluate(eval_step: Callable, params: nnx.State, batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # Written into every directory rho_jax saves; only such a directory may be replaced by a later save.
 OUTPUT_MARKER = ".rho_jax_output"

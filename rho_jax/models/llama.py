@@ -23,6 +23,7 @@ from rho_jax.models.remat import REMAT_POLICIES, remat_layer
 from rho_jax.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 from rho_jax.sharding import constrain_batch_axis
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
     """How the model computes (not what it is): dtypes, layer iteration, remat, attention kernel.

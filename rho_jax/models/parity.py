@@ -62,7 +62,7 @@ def _torch():
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "rho_jax.parity needs torch for the transformers reference; install the test extra: "
+            "rho_jax.models.parity needs torch for the transformers reference; install the test extra: "
             "pip install torch==2.13.0 -e '.[test]'"
         ) from err
     return torch

@@ -21,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rho_jax.run_dir import EVAL_FILE, read_jsonl
+from rho_jax.training.run_dir import EVAL_FILE, read_jsonl
 
 Curve = list[tuple[int, float]]  # (tokens trained, held-out loss), by tokens
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rho_jax import train
-from rho_jax.config import ConfigError, load_config
+from rho_jax.analysis.token_html import render_token_html
 from rho_jax.data.tokenizer import load_tokenizer
 from rho_jax.models.atomic_dir import atomic_directory
 from rho_jax.quickstart.corpus import CorpusSpec, build_corpus
@@ -26,9 +26,9 @@ from rho_jax.quickstart.curves import heldout_curve
 from rho_jax.quickstart.probe import LABELS, probe_batches
 from rho_jax.quickstart.report import SeedResult, write_report
 from rho_jax.quickstart.selection import RunModels, documents_for_display, selection_by_step
-from rho_jax.run_dir import CONFIG_FILE, METRICS_FILE, read_jsonl
 from rho_jax.sharding import make_mesh
-from rho_jax.token_html import render_token_html
+from rho_jax.training.config import ConfigError, load_config
+from rho_jax.training.run_dir import CONFIG_FILE, METRICS_FILE, read_jsonl
 
 SETTINGS_FILE = "quickstart.json"
 DATA_DIR = "data"

@@ -65,7 +65,7 @@ def probe_batches(
 def selection_counts(scorer, params: nnx.State, ref_params: nnx.State, batches: list[dict[str, np.ndarray]]) -> dict[str, dict[str, int]]:
     """{label: {"tokens": valid targets with that label, "selected": how many of them SLM keeps}}.
 
-    `scorer` is `rho_jax.token_scores.build_token_scorer(...)`; each batch is selected on its own,
+    `scorer` is `rho_jax.analysis.token_scores.build_token_scorer(...)`; each batch is selected on its own,
     as one training batch.
     """
     counts = {label: {"tokens": 0, "selected": 0} for label in LABELS}

@@ -8,26 +8,26 @@ import numpy as np
 import transformers
 from jax.sharding import Mesh
 
-from rho_jax.checkpoint import CHECKPOINTS_DIR, checkpoint_steps, load_checkpoint_params
-from rho_jax.config import TrainConfig
-from rho_jax.model_source import load_params, model_graph, read_model_config
+from rho_jax.analysis.token_html import TokenView, document_pieces, piece_views
+from rho_jax.analysis.token_scores import build_token_scorer
 from rho_jax.quickstart.probe import LABELS, selection_counts
 from rho_jax.sharding import param_shardings
-from rho_jax.token_html import TokenView, document_pieces, piece_views
-from rho_jax.token_scores import build_token_scorer
+from rho_jax.training.checkpoint import CHECKPOINTS_DIR, checkpoint_steps, load_checkpoint_params
+from rho_jax.training.config import RunConfig
+from rho_jax.training.model_sources import load_params, model_graph, read_model_config
 
 
 class RunModels:
     """The trained model (at any saved step) and the reference of one finished SLM run."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, mesh: Mesh):
+    def __init__(self, cfg: RunConfig, run_dir: Path, mesh: Mesh):
         self.cfg, self.run_dir, self.mesh = cfg, run_dir, mesh
         self.model_config = read_model_config(cfg.model)
         self.graphdef, self.abstract = model_graph(self.model_config, cfg.model)
         ref_config = read_model_config(cfg.reference, "reference")
         ref_graphdef, ref_abstract = model_graph(ref_config, cfg.reference)
         self.ref_params = load_params(cfg.reference, ref_config, ref_abstract, mesh, cfg.train.seed)
-        self.scorer = build_token_scorer(self.graphdef, ref_graphdef, cfg.slm)
+        self.scorer = build_token_scorer(self.graphdef, ref_graphdef, cfg.slm, mesh)
 
     def saved_steps(self) -> list[int]:
         return checkpoint_steps(self.run_dir)

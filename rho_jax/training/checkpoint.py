@@ -31,9 +31,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rho_jax.config import CheckpointConfig, ConfigError
-from rho_jax.distributed import any_process
 from rho_jax.step import TrainState
+from rho_jax.training.cluster import any_process
+from rho_jax.training.config import CheckpointConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,6 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -24,8 +24,8 @@ import importlib.util
 import logging
 import os
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import jax
 import numpy as np
@@ -57,7 +57,7 @@ class Cluster:
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("multi-process (normally detected from SLURM or the TPU VM; see rho_jax.distributed)")
+    group = parser.add_argument_group("multi-process (normally detected from SLURM or the TPU VM; see rho_jax.training.cluster)")
     group.add_argument("--coordinator_address", metavar="HOST:PORT",
                        help="address of process 0's coordinator service (env JAX_COORDINATOR_ADDRESS)")
     group.add_argument("--num_processes", type=int, metavar="N", help="number of processes (env JAX_NUM_PROCESSES)")

@@ -1,6 +1,6 @@
 """The run configuration: one YAML file (plus `key.sub=value` overrides) describes a whole run.
 
-Sections (each a frozen dataclass, checked strictly by `rho_jax.config_schema.build`):
+Sections (each a frozen dataclass, checked strictly by `rho_jax.training.schema.build`):
     output_dir   where checkpoints, metrics, the resolved config and the tokenizer go
     model        the trained model: from scratch (a model config file), a local HF directory, or a
                  rho_jax checkpoint (a training run directory, one of its checkpoints, or a model
@@ -27,12 +27,12 @@ from typing import Any
 
 import yaml
 
-from rho_jax.config_schema import ConfigError, build, to_data
 from rho_jax.data.config import DataConfig, SourceConfig
 from rho_jax.models.llama import ModelOptions
 from rho_jax.optimizer import OptimizerConfig
 from rho_jax.sharding import MeshConfig
-from rho_jax.step import SLMConfig
+from rho_jax.slm import SLMConfig, check_reference
+from rho_jax.training.schema import ConfigError, build, to_data
 
 MODEL_INITS = ("scratch", "hf", "checkpoint", "precomputed")
 
@@ -74,7 +74,7 @@ class ModelSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainConfig:
     """Global batch: `batch_size` sequences or `batch_tokens` tokens (a multiple of data.seq_len);
     length: `total_tokens` or `total_steps` (exactly one of each pair)."""
 
@@ -146,11 +146,11 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class RunConfig:
     output_dir: str
     model: ModelSource
     data: DataConfig
-    train: TrainingConfig
+    train: TrainConfig
     reference: ModelSource | None = None
     slm: SLMConfig | None = None  # null: SLMConfig() with a reference, ratio 1.0 (CLM) without
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -180,11 +180,7 @@ class TrainConfig:
                 + ("absent" if self.reference is None else f"computed online (init: {self.reference.init})")
                 + ": set reference: {init: precomputed} to train on the scores, or remove the sources' scores."
             )
-        if self.reference is None and (self.slm.ratio != 1.0 or self.slm.score != "excess"):
-            raise ConfigError(
-                f"slm: ratio {self.slm.ratio} with score {self.slm.score!r} needs a reference model; set "
-                "`reference` (init: hf or checkpoint), or slm.ratio: 1.0 for plain CLM training."
-            )
+        check_reference(self.slm, self.reference is not None)
         if self.train.batch_tokens is not None and self.train.batch_tokens % self.data.seq_len:
             raise ConfigError(
                 f"train.batch_tokens ({self.train.batch_tokens}) must be a multiple of data.seq_len ({self.data.seq_len})."
@@ -210,7 +206,7 @@ class TrainConfig:
         return self.reference is not None and self.reference.init == "precomputed"
 
     @property
-    def reference_model(self) -> ModelSource | None:
+    def online_reference(self) -> ModelSource | None:
         """The reference model to run in the train step (None: no reference, or precomputed scores)."""
         return None if self.reference is None or self.precomputed_reference else self.reference
 
@@ -271,8 +267,8 @@ def _list_index(node: list, part: str, where: str) -> int:
     return int(part)
 
 
-def load_config(path: str | Path, overrides: list[str] = (), cls: type = TrainConfig) -> Any:
-    """Read a YAML config (a run's `TrainConfig` unless `cls` says otherwise), apply `key.sub=value`
+def load_config(path: str | Path, overrides: list[str] = (), cls: type = RunConfig) -> Any:
+    """Read a YAML config (a run's `RunConfig` unless `cls` says otherwise), apply `key.sub=value`
     overrides, and validate everything."""
     path = Path(path)
     if not path.is_file():

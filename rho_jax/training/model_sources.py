@@ -14,14 +14,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rho_jax.checkpoint import CHECKPOINTS_DIR, latest_checkpoint_dir, load_checkpoint_params
-from rho_jax.config import ConfigError, ModelSource
 from rho_jax.data.tokenizer import has_tokenizer_files
 from rho_jax.models import Llama, ModelConfig, load_hf, load_orbax, read_hf_config
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.models.params import abstract_model
-from rho_jax.run_dir import TOKENIZER_DIR, is_run_dir, run_model_config
 from rho_jax.sharding import param_shardings
+from rho_jax.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint_dir, load_checkpoint_params
+from rho_jax.training.config import ConfigError, ModelSource
+from rho_jax.training.run_dir import TOKENIZER_DIR, is_run_dir, run_model_config
 
 
 def _checkpoint_dir(path: Path) -> Path | None:

@@ -4,7 +4,7 @@
     config.yaml         the resolved run configuration
     model_config.json   the trained model's architecture (HF config fields)
     tokenizer/          the tokenizer the run was trained with
-    checkpoints/<step>/ orbax checkpoints (`rho_jax.checkpoint`)
+    checkpoints/<step>/ orbax checkpoints (`rho_jax.training.checkpoint`)
     metrics.jsonl       one JSON object per training step
     eval.jsonl          one JSON object per (evaluation, held-out set)
     tensorboard/        TensorBoard event files
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from rho_jax.config import ConfigError, TrainConfig, config_differences
-from rho_jax.config_schema import to_data
 from rho_jax.models import ModelConfig
 from rho_jax.models.atomic_dir import copy_tokenizer_files
+from rho_jax.training.config import ConfigError, RunConfig, config_differences
+from rho_jax.training.schema import to_data
 
 RUN_MARKER = ".rho_jax_run"
 CONFIG_FILE = "config.yaml"
@@ -51,7 +51,7 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / RUN_MARKER).is_file()
 
 
-def check_output_dir(cfg: TrainConfig) -> Path:
+def check_output_dir(cfg: RunConfig) -> Path:
     """The run directory, after making sure it can be written and does not belong to another run.
 
     A new or empty directory is fine; an existing rho_jax run is resumed only if its configuration
@@ -81,7 +81,7 @@ def check_output_dir(cfg: TrainConfig) -> Path:
     return path
 
 
-def initialize_run_dir(path: Path, cfg: TrainConfig, model_config: ModelConfig, tokenizer_dir: str | Path) -> None:
+def initialize_run_dir(path: Path, cfg: RunConfig, model_config: ModelConfig, tokenizer_dir: str | Path) -> None:
     """Write (or refresh) the resolved config, model config, tokenizer and marker (process 0 only)."""
     (path / CONFIG_FILE).write_text(cfg.to_yaml())
     (path / MODEL_CONFIG_FILE).write_text(json.dumps(model_config.to_hf_dict(), indent=2))

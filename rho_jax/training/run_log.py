@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from rho_jax.run_dir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR
+from rho_jax.training.run_dir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 
 def format_count(n: float) -> str:

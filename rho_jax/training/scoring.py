@@ -1,28 +1,17 @@
-"""Score a prepared corpus with the reference model once, for any number of SLM runs.
-
-    python -m rho_jax.score --config configs/X-score.yaml [key.sub=value ...]
-
-For every packed row of a prepared directory (`python -m rho_jax.data.prepare`), the reference's
-per-token cross-entropy `ref_loss` and predictive entropy `ref_entropy` are written beside it
-(`rho_jax.data.scores`). A training run with `reference: {init: precomputed}` and the source's
-`scores` set reads them with its batches and runs no reference forward.
-
-Global batches of `batch_size` rows are sharded over the whole mesh (every device of every process,
-as in training); each process reads only its rows. A shard's scores are written when the shard is
-done (atomically), so rerunning the same command after an interruption continues with the first
-unfinished shard; a finished output is left as it is.
-"""
+"""The scoring run behind `python -m rho_jax.score`: the reference's per-token `ref_loss` and
+`ref_entropy` of every packed row of a prepared directory, written beside it (`rho_jax.data.scores`),
+global batches sharded over every device of every process, one shard at a time, written
+atomically, so a rerun continues with the first unfinished shard."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,22 +21,15 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from rho_jax.batch import batch_from_tokens
-from rho_jax.config import ConfigError, ModelSource, load_config
-from rho_jax.config_schema import to_data
 from rho_jax.data import prepared, scores, to_global_batch
 from rho_jax.data.sources import PackedRowSource
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
-from rho_jax.distributed import (
-    ClusterError,
-    add_cluster_arguments,
-    barrier,
-    detect_cluster,
-    initialize,
-    is_primary,
-)
-from rho_jax.model_source import load_params, model_graph, read_model_config, tokenizer_dir
-from rho_jax.sharding import BATCH_AXES, MeshConfig, batch_sharding, make_mesh, param_shardings, replicated
-from rho_jax.step import model_token_losses
+from rho_jax.sharding import BATCH_AXES, MeshConfig, batch_sharding, make_mesh
+from rho_jax.slm import token_losses_on_mesh
+from rho_jax.training.cluster import barrier, is_primary
+from rho_jax.training.config import ConfigError, ModelSource
+from rho_jax.training.model_sources import load_params, model_graph, read_model_config, tokenizer_dir
+from rho_jax.training.schema import to_data
 
 log = logging.getLogger("rho_jax.score")
 
@@ -117,16 +99,9 @@ def _open_output(cfg: ScoreConfig, run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "finished_shards": [], "complete": False}
 
 
-def build_reference_scorer(graphdef: nnx.GraphDef, params_shardings: Any, mesh: Mesh, chunk: int | None) -> Callable:
+def build_reference_scorer(graphdef: nnx.GraphDef, mesh: Mesh, chunk: int | None) -> Callable:
     """Jitted `(params, batch) -> (ref_loss, ref_entropy)`, float32 `[B, T]`, replicated on every device."""
-
-    def forward(params: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return model_token_losses(graphdef, params, batch, chunk, True)
-
-    keys = ("input_ids", "targets", "segment_ids")
-    return jax.jit(forward, in_shardings=(params_shardings, {k: batch_sharding(mesh) for k in keys}),
-                   out_shardings=replicated(mesh))
+    return token_losses_on_mesh(graphdef, mesh, chunk_size=chunk, with_entropy=True)
 
 
 def _local_rows(source: PackedRowSource, start: int, global_rows: int) -> dict[str, np.ndarray]:
@@ -177,7 +152,7 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
 
     graphdef, abstract = model_graph(ref_config, cfg.reference)
     params = load_params(cfg.reference, ref_config, abstract, mesh, seed=0)
-    forward = build_reference_scorer(graphdef, param_shardings(params, mesh), mesh, cfg.ce_chunk_size)
+    forward = build_reference_scorer(graphdef, mesh, cfg.ce_chunk_size)
     sharding = batch_sharding(mesh)
     sources = {shard: PackedRowSource([str(rows_dir / shard)]) for shard in todo}
     total = sum(len(source) for source in sources.values()) * seq_len
@@ -202,24 +177,3 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
     rate = scored / max(time.perf_counter() - started, 1e-9)
     log.info("scored %d tokens in %d shards at %.0f tokens/s into %s", scored, len(todo), rate, output)
     return {**metadata, "tokens_per_sec": rate}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rho_jax.score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML scoring configuration (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
-    add_cluster_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        initialize(detect_cluster(args))
-        score(load_config(args.config, args.overrides, cls=ScoreConfig))
-    except (ClusterError, ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

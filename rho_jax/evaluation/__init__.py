@@ -1,0 +1,1 @@
+"""Measuring a model: held-out loss (`heldout.py`, used during training)."""
