@@ -47,10 +47,14 @@ def run(out_dir: Path, batch: int = 2, seq_len: int = 32) -> list[tuple[str, flo
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rho_jax.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="keep the models here (default: a temp dir)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -25,15 +25,19 @@ from rho_jax.training.cluster import ClusterError, add_cluster_arguments, detect
 from rho_jax.training.config import ConfigError, load_config
 from rho_jax.training.scoring import ScoreConfig, score
 
-__all__ = ["ScoreConfig", "main"]
+__all__ = ["ScoreConfig", "build_parser", "main"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rho_jax.score", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML scoring configuration (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
     add_cluster_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:

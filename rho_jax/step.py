@@ -74,8 +74,8 @@ def select_in_scope(cfg: slm.SLMConfig, valid: jax.Array, loss: jax.Array | None
     if cfg.selects_all:
         return valid
 
-    def pick(v, l, r, e):
-        return slm.select_by_score(cfg.score, cfg.ratio, v, loss=l, ref_loss=r, ref_entropy=e)
+    def pick(valid_, loss_, ref_loss_, ref_entropy_):
+        return slm.select_by_score(cfg.score, cfg.ratio, valid_, loss=loss_, ref_loss=ref_loss_, ref_entropy=ref_entropy_)
 
     if cfg.scope == "sequence":
         def row(*xs):

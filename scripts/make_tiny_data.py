@@ -39,7 +39,8 @@ def noise_line(rng: random.Random) -> str:
         return f"https://www.example{rng.randrange(100)}.com/{slug}?id={rng.randrange(10**8)}&ref=nav"
     if kind == 2:
         return f"session={hashlib.md5(str(rng.random()).encode()).hexdigest()} uid={rng.randrange(10**6)}"
-    return f"Last updated {rng.randrange(2000, 2025)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d} {rng.randrange(24):02d}:{rng.randrange(60):02d} | views {rng.randrange(10**5)}"
+    date = f"{rng.randrange(2000, 2025)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+    return f"Last updated {date} {rng.randrange(24):02d}:{rng.randrange(60):02d} | views {rng.randrange(10**5)}"
 
 
 def docstrings(stdlib: Path) -> dict[str, list[str]]:

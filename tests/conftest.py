@@ -13,6 +13,13 @@ import pytest  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A multi-process test is always slow too, so `-m "not slow"` never starts a cluster."""
+    for item in items:
+        if item.get_closest_marker("multiprocess") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import absl.flags
 

@@ -58,6 +58,7 @@ def runs(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_dynamics_of_a_run(runs, tmp_path):
     out = tmp_path / "dynamics"
     assert analyze(["dynamics", "--run", str(runs / "slm"), "--data", str(TINY / "heldout.jsonl"), "--output", str(out),
@@ -74,6 +75,7 @@ def test_dynamics_of_a_run(runs, tmp_path):
     assert "| H->L |" in (out / "dynamics.md").read_text()
 
 
+@pytest.mark.slow
 def test_selection_page(runs, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(" ".join(json.loads(line)["text"] for line in (TINY / "heldout.jsonl").read_text().splitlines()[:3]))
@@ -87,6 +89,7 @@ def test_selection_page(runs, tmp_path):
     assert "Score <b>excess</b>, ratio 0.5" in html
 
 
+@pytest.mark.slow
 def test_loss_curves(runs, tmp_path, capsys):
     png = tmp_path / "curves.png"
     assert analyze(["curves", "--run", str(runs / "slm"), "--run", str(runs / "reference"), "--output", str(png),

@@ -30,7 +30,8 @@ def _numpy_attention(q, k, v, mask):
 
 def test_grouped_attention_matches_numpy_with_documents_and_window():
     q, k, v, mask = _inputs()
-    np.testing.assert_allclose(np.asarray(grouped_attention(q, k, v, mask)), _numpy_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(grouped_attention(q, k, v, mask)), _numpy_attention(q, k, v, mask),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_grouped_attention_gradients_match_jax_xla_attention():

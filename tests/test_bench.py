@@ -11,6 +11,7 @@ from rho_jax.bench.step_bench import main, measured_matmul_tflops
 from rho_jax.models import ModelConfig
 
 
+@pytest.mark.slow
 def test_bench_prints_its_table(capsys, tmp_path):
     assert main(["--batch", "8", "--seq-len", "16", "--steps", "1", "--warmup", "1", "--chunk", "8",
                  "--profile", str(tmp_path), "--selection-tokens", "4096"]) == 0

@@ -341,6 +341,7 @@ def test_iterator_state_resumes_exactly(tmp_path, word_tokenizer_dir, tok):
     assert_batches_equal(resume(ds, state, 6), expected)
 
 
+@pytest.mark.slow
 def test_worker_process_gives_the_same_stream_and_resumes_exactly(tmp_path, word_tokenizer_dir, tok):
     in_process = take(train_dataset(two_source_config(tmp_path, word_tokenizer_dir), tok, batch_rows=3), 13)
     ds = train_dataset(two_source_config(tmp_path, word_tokenizer_dir, num_workers=1), tok, batch_rows=3)

@@ -75,7 +75,8 @@ def test_directory_without_weights(model_copy):
 
 
 def test_index_pointing_to_a_missing_shard(model_copy):
-    (model_copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}}))
+    index = {"weight_map": {"x": "model-00001-of-00002.safetensors"}}
+    (model_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(FileNotFoundError, match="model-00001-of-00002.safetensors, which is missing"):
         load_hf(model_copy)
 
@@ -92,13 +93,15 @@ def test_not_a_model_directory(tmp_path):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, r"Unsupported rope_type 'yarn'.*'default', 'linear', 'llama3'"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},
+         r"Unsupported rope_type 'yarn'.*'default', 'linear', 'llama3'"),
         ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, r"llama3.*needs rope_parameters \['low_freq_factor'"),
         ({"num_key_value_heads": 3}, r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
         ({"hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported"),
         ({"sliding_window": 8}, r"sliding_window is a Mistral field"),
         ({"hidden_size": 0}, r"hidden_size must be a positive integer, got 0"),
-        ({"model_type": "mistral", "attention_bias": True}, r"attention_bias/mlp_bias are LlamaConfig fields; MistralForCausalLM has no biases"),
+        ({"model_type": "mistral", "attention_bias": True},
+         r"attention_bias/mlp_bias are LlamaConfig fields; MistralForCausalLM has no biases"),
     ],
 )
 def test_invalid_config_fields(fields, message):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from rho_jax.models import read_hf_config
 from rho_jax.models.parity import build_tiny_hf_model
 
@@ -26,6 +28,7 @@ _MEASURE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_peak_host_memory_of_load_hf(tmp_path):
     hf_dir = build_tiny_hf_model(
         tmp_path / "mid", "llama-gqa", vocab_size=8000, hidden_size=512, intermediate_size=2048,

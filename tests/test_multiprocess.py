@@ -59,6 +59,8 @@ def cluster_runs(tmp_path_factory):
     return tmp, lambda name: run_config(tmp, name, **sections)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_exactly_like_one_process(cluster_runs):
     tmp, config = cluster_runs
     results = run_processes(config("slm-2x4"), processes=2, devices=4)
@@ -78,6 +80,8 @@ def test_two_processes_train_exactly_like_one_process(cluster_runs):
     assert "step 4 |" not in output1 and "Done" not in output1  # only process 0 reports
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("processes, devices", [(1, 4), (2, 2)])
 def test_run_saved_on_8_devices_resumes_on_another_mesh(cluster_runs, processes, devices):
     tmp, config = cluster_runs
@@ -92,6 +96,8 @@ def test_run_saved_on_8_devices_resumes_on_another_mesh(cluster_runs, processes,
     np.testing.assert_allclose(list(resumed.values()), list(uninterrupted.values()), **CLOSE)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_an_unreadable_checkpoint_stops_the_cluster_and_the_rerun_resumes_from_the_one_before(cluster_runs):
     tmp, config = cluster_runs
     run = tmp / "slm-unreadable"
@@ -108,6 +114,8 @@ def test_an_unreadable_checkpoint_stops_the_cluster_and_the_rerun_resumes_from_t
     np.testing.assert_allclose(list(losses(run).values()), list(losses(tmp / "slm").values()), **CLOSE)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_raw_document_runs_resume_only_on_the_same_process_count(cluster_runs):
     tmp, _ = cluster_runs
     shutil.copytree(tmp / "reference", tmp / "reference-copy")
@@ -121,6 +129,8 @@ def test_raw_document_runs_resume_only_on_the_same_process_count(cluster_runs):
     assert checkpoint_steps(tmp / "reference-copy") == checkpoint_steps(tmp / "reference")  # nothing moved aside
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_tensor_axis_spanning_processes_is_refused(cluster_runs):
     tmp, _ = cluster_runs
     config = run_config(tmp, "tensor-across", mesh={"data": 1, "fsdp": 1, "tensor": 8}, eval={"sets": {}})
@@ -128,6 +138,8 @@ def test_a_tensor_axis_spanning_processes_is_refused(cluster_runs):
         assert code == 2 and "the tensor axis must not span processes (it has 8 devices, a process 4)" in output, output
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_stop_signal_on_one_process_stops_all_after_the_same_step(cluster_runs):
     tmp, config = cluster_runs
     run = tmp / "slm-sigterm"

@@ -40,6 +40,7 @@ def test_weight_decay_only_on_matrices_that_are_not_embeddings():
     assert sum(map(bool, jax.tree.leaves(with_embeddings))) == len(decayed) + 2
 
 
+@pytest.mark.slow
 def test_decay_mask_is_applied_by_the_optimizer():
     """With zero gradients only weight decay moves parameters: norms/biases/embeddings stay put."""
     params = nnx.state(Llama(CFG, rngs=nnx.Rngs(0)), nnx.Param)

@@ -28,6 +28,7 @@ def test_attention_mask_combines_causal_segment_and_window():
     np.testing.assert_array_equal(mask, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["llama-gqa", "mistral-sliding-window"])
 def test_packed_documents_equal_documents_alone(tiny_hf_dir, variant):
     hf_dir = tiny_hf_dir(variant)

@@ -152,7 +152,8 @@ SHRUNKEN = dict(
     configs=str(ROOT / "configs" / "quickstart"),
     corpus=SMALL,
     reference_overrides=("train.total_steps=16", "optimizer.warmup_steps=2", "logging.progress_bar=false"),
-    overrides=("train.total_steps=8", "optimizer.warmup_steps=2", "checkpoint.every_tokens=8192", "eval.every_tokens=8192", "eval.max_rows=16",
+    overrides=("train.total_steps=8", "optimizer.warmup_steps=2", "checkpoint.every_tokens=8192", "eval.every_tokens=8192",
+               "eval.max_rows=16",
                "logging.progress_bar=false"),
     probe_batches=2,
 )
@@ -164,6 +165,7 @@ def quickstart(tmp_path_factory) -> tuple[Settings, dict]:
     return settings, run(settings)
 
 
+@pytest.mark.slow
 def test_shrunken_quickstart_writes_a_sane_report(quickstart) -> None:
     settings, summary = quickstart
     out = Path(settings.output)
@@ -192,6 +194,7 @@ def test_shrunken_quickstart_writes_a_sane_report(quickstart) -> None:
     assert "seed: 1" in slm_config and "ratio: 0.6" in slm_config
 
 
+@pytest.mark.slow
 def test_selection_keeps_exactly_the_ratio_of_each_probe_batch(quickstart) -> None:
     settings, _ = quickstart
     from rho_jax.quickstart.probe import selection_counts
@@ -211,6 +214,7 @@ def test_selection_keeps_exactly_the_ratio_of_each_probe_batch(quickstart) -> No
     assert sum(c["selected"] for c in counts.values()) == math.ceil(0.6 * valid)
 
 
+@pytest.mark.slow
 def test_rerun_with_same_settings_resumes_and_other_settings_are_refused(quickstart, capsys) -> None:
     settings, summary = quickstart
     capsys.readouterr()

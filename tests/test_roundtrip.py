@@ -22,7 +22,8 @@ def _params(model) -> dict:
     return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-@pytest.mark.parametrize("variant", ["llama-tied-embeddings", "llama-linear-rope-bias", "llama3-rope-scaling", "mistral-sliding-window"])
+@pytest.mark.parametrize("variant", ["llama-tied-embeddings", "llama-linear-rope-bias", "llama3-rope-scaling",
+                                     "mistral-sliding-window"])
 def test_hf_export_loads_in_transformers_with_identical_logits(tiny_hf_dir, tmp_path, variant):
     source = tiny_hf_dir(variant)
     exported = save_hf(load_hf(source), tmp_path / "export", tokenizer_from=source)
@@ -68,6 +69,7 @@ def test_fp16_checkpoint_from_transformers_loads(tiny_hf_dir, tmp_path):
         np.testing.assert_array_equal(value, fp32[path].astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_orbax_round_trip_is_exact_and_casts_on_request(tiny_hf_dir, tmp_path):
     model = load_hf(tiny_hf_dir("mistral-sliding-window"))
     saved = save_orbax(model, tmp_path / "rho")

@@ -38,6 +38,7 @@ def baseline(tiny_hf_dir, batch):
     return _logits_and_grads(load_hf(tiny_hf_dir("llama-gqa")), *batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [ModelOptions(scan_layers=False)]

@@ -69,6 +69,7 @@ def slm_sections(scored, reference, scores_dir=None):
                 train={"batch_size": 16, "total_steps": 8, "accumulation_steps": 2})
 
 
+@pytest.mark.slow
 def test_scoring_writes_every_shard_with_its_fingerprints(scored):
     tmp, rows, _, scores_dir, _ = scored
     metadata = read_metadata(scores_dir)
@@ -80,6 +81,7 @@ def test_scoring_writes_every_shard_with_its_fingerprints(scored):
     assert all(np.isfinite(v).all() and (v >= 0).all() for v in values.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["excess", "intersection"])
 def test_training_on_precomputed_scores_equals_online_scoring(scored, score):
     tmp, _, reference, scores_dir, _ = scored
@@ -100,6 +102,7 @@ def test_training_on_precomputed_scores_equals_online_scoring(scored, score):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_float16_storage_is_the_float32_scores_rounded(scored):
     tmp, rows, reference, scores_dir, _ = scored
     assert score_main(["--config", str(score_config(tmp, "scores16", rows, reference, dtype="float16"))]) == 0
@@ -108,6 +111,7 @@ def test_float16_storage_is_the_float32_scores_rounded(scored):
         np.testing.assert_array_equal(half[shard], full[shard].astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_an_interrupted_scoring_run_continues_with_the_unfinished_shards(scored):
     tmp, rows, reference, scores_dir, _ = scored
     config = score_config(tmp, "resumed", rows, reference)
@@ -130,6 +134,7 @@ def test_an_interrupted_scoring_run_continues_with_the_unfinished_shards(scored)
         np.testing.assert_array_equal(values, stored(scores_dir)[shard])
 
 
+@pytest.mark.slow
 def test_scores_of_other_rows_are_refused(scored, tmp_path):
     _, rows, _, scores_dir, _ = scored
     other_packing = prepare_rows(tmp_path / "reshard", rows_per_shard=50)
@@ -150,6 +155,7 @@ def test_scores_of_other_rows_are_refused(scored, tmp_path):
         open_source(SourceConfig(paths=(str(rows / "*.array_record"),), scores=str(incomplete)))
 
 
+@pytest.mark.slow
 def test_precomputed_training_with_mismatched_scores_fails_before_training(scored, tmp_path, capsys):
     _, _, _, scores_dir, _ = scored
     other = prepare_rows(tmp_path / "reshard", rows_per_shard=50)
@@ -162,7 +168,8 @@ def test_precomputed_training_with_mismatched_scores_fails_before_training(score
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["data"]["sources"][0].update(scores=None), r"precomputed needs scores for every data source; \['web'\]"),
-    (lambda s: s.update(reference={"init": "checkpoint", "path": "x"}), "data sources carry precomputed scores, but the reference is computed online"),
+    (lambda s: s.update(reference={"init": "checkpoint", "path": "x"}),
+     "data sources carry precomputed scores, but the reference is computed online"),
     (lambda s: s.update(model={"init": "precomputed", "config": None}), "model.init: precomputed is for the reference only"),
     (lambda s: s.update(reference={"init": "precomputed", "path": "x"}), "init: precomputed takes no path"),
 ])
@@ -194,6 +201,8 @@ def test_shipped_score_config_loads():
     assert train_cfg.precomputed_reference and train_cfg.data.sources[0].scores == cfg.output
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_scoring_on_two_processes_writes_the_same_scores(scored):
     tmp, rows, reference, scores_dir, _ = scored
     config = score_config(tmp, "scores-2proc", rows, reference)

@@ -43,7 +43,10 @@ def np_slm_loss(loss, selected):
 
 def random_inputs(seed, shape=(4, 16), ties=False, invalid_rows=()):
     rng = np.random.default_rng(seed)
-    draw = (lambda: rng.integers(0, 4, shape).astype(np.float32)) if ties else (lambda: rng.gamma(2.0, 1.5, shape).astype(np.float32))
+    if ties:
+        draw = lambda: rng.integers(0, 4, shape).astype(np.float32)
+    else:
+        draw = lambda: rng.gamma(2.0, 1.5, shape).astype(np.float32)
     loss, ref_loss, ref_entropy = draw(), draw(), draw()
     valid = rng.random(shape) < 0.8
     valid[list(invalid_rows)] = False

@@ -89,6 +89,7 @@ def single_device_run():
     return batch, cfg, run_steps((1, 1, 1), cfg, batch), selected_mask((1, 1, 1), cfg, batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", MESHES[1:], ids=str)
 def test_mesh_shape_changes_nothing(single_device_run, mesh_shape):
     batch, cfg, (history, params), mask = single_device_run
@@ -104,6 +105,7 @@ def test_mesh_shape_changes_nothing(single_device_run, mesh_shape):
         np.testing.assert_allclose(sharded_params[path], value, atol=2e-5, rtol=1e-4, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_selection_counts_and_metrics(single_device_run):
     batch, cfg, (history, _), mask = single_device_run
     n_valid = int(batch["valid"].sum())
@@ -113,6 +115,7 @@ def test_selection_counts_and_metrics(single_device_run):
     assert history[0]["learning_rate"] == 0.0 and history[1]["learning_rate"] == pytest.approx(3e-3)
 
 
+@pytest.mark.slow
 def test_clm_is_the_ordinary_mean_cross_entropy():
     batch = make_batch(seed=1)
     history, _ = run_steps((2, 2, 2), SLMConfig(ratio=1.0), batch, steps=1, with_reference=False)
@@ -123,6 +126,7 @@ def test_clm_is_the_ordinary_mean_cross_entropy():
     assert history[0]["selected_fraction"] == 1.0 and "ref_loss" not in history[0]
 
 
+@pytest.mark.slow
 def test_accumulation_keeps_global_selection():
     """Two micro-batches with global scope = one batch: same selection, loss and update."""
     batch, cfg = make_batch(seed=2), SLMConfig(ratio=0.6, ce_chunk_size=8)
@@ -134,6 +138,7 @@ def test_accumulation_keeps_global_selection():
         np.testing.assert_allclose(acc_params[path], value, atol=2e-5, rtol=1e-4, err_msg=str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope", ["microbatch", "sequence"])
 def test_narrower_scopes_select_per_part(scope):
     batch = make_batch(seed=3)
@@ -143,6 +148,7 @@ def test_narrower_scopes_select_per_part(scope):
     assert history[0]["num_selected"] == sum(math.ceil(0.3 * int(p.sum())) for p in parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["reference_loss", "reference_entropy", "intersection"])
 def test_reference_only_scores_train(score):
     history, _ = run_steps((2, 1, 1), SLMConfig(ratio=0.5, score=score, ce_chunk_size=8), make_batch(seed=4), steps=1)
@@ -150,12 +156,14 @@ def test_reference_only_scores_train(score):
     assert (0 < fraction <= 0.5 + 1e-6) if score == "intersection" else fraction == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_training_reduces_the_slm_loss():
     history, _ = run_steps((2, 2, 2), SLMConfig(ratio=0.6, ce_chunk_size=8), make_batch(seed=5), steps=12)
     assert history[-1]["loss_selected"] < history[0]["loss_selected"] - 0.3
     assert history[-1]["loss_all"] < history[0]["loss_all"]
 
 
+@pytest.mark.slow
 def test_activations_are_split_over_the_batch_shards():
     """On 8-way fsdp with 16 rows, each device runs 2 rows through the MLP (not all 16)."""
     model, reference = Llama(MODEL, rngs=nnx.Rngs(0)), Llama(REFERENCE, rngs=nnx.Rngs(1))

@@ -35,6 +35,7 @@ def reference_run(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_checkpoints_and_eval(reference_run):
     records = read_jsonl(reference_run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 9))
@@ -54,6 +55,7 @@ def test_run_writes_metrics_checkpoints_and_eval(reference_run):
     assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_last_n_and_every_mth(tmp_path):
     # token-interval saves at steps 3, 5, 8; keep_every=2 keeps the 2nd (step 5); keep_last=1 keeps 8
     config = run_config(tmp_path, "run", checkpoint={"every_tokens": 600, "keep_last": 1, "keep_every": 2},
@@ -75,6 +77,7 @@ def test_checkpoint_schedule(every, keep_every, expected_saves, expected_permane
     assert permanent_steps(CheckpointConfig(every_tokens=every, keep_every=keep_every), TOKENS_PER_STEP, 8) == expected_permanent
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_does_nothing(reference_run, capsys):
     before = (reference_run / "metrics.jsonl").read_text()
     assert main(["--config", str(reference_run.parent / "run.yaml")]) == 0
@@ -82,6 +85,7 @@ def test_rerun_of_a_finished_run_does_nothing(reference_run, capsys):
     assert (reference_run / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_slm_run_with_the_reference_checkpoint(reference_run, tmp_path):
     config = run_config(tmp_path, "slm", reference={"init": "checkpoint", "path": str(reference_run)},
                         slm={"ratio": 0.6}, train={"batch_size": 8, "total_steps": 3})
@@ -114,6 +118,7 @@ def _metric_lines(run: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_is_exact(reference_run, tmp_path):
     config = run_config(tmp_path, "run")
     run = tmp_path / "run"
@@ -129,6 +134,7 @@ def test_sigterm_saves_and_resume_is_exact(reference_run, tmp_path):
     assert losses(run) == losses(reference_run)
 
 
+@pytest.mark.slow
 def test_stop_signal_during_a_step_with_donated_state(tmp_path, monkeypatch):
     """A signal that lands while a step runs (its donated input state already deleted) is recorded,
     not a crash: `signal.signal` formats the handler it replaces (a Trainer method), and formatting
@@ -144,6 +150,7 @@ def test_stop_signal_during_a_step_with_donated_state(tmp_path, monkeypatch):
     assert trainer.run() == STOPPED and trainer.stop_signal == "SIGTERM"
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_resumes_exactly(reference_run, tmp_path):
     config = run_config(tmp_path, "run")
     run = tmp_path / "run"
@@ -158,6 +165,7 @@ def test_sigkill_after_a_checkpoint_resumes_exactly(reference_run, tmp_path):
     assert losses(run) == losses(reference_run)
 
 
+@pytest.mark.slow
 def test_unfinished_and_truncated_checkpoints_are_skipped(reference_run, tmp_path, caplog):
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
@@ -177,6 +185,7 @@ def test_unfinished_and_truncated_checkpoints_are_skipped(reference_run, tmp_pat
     assert losses(run) == losses(reference_run)  # resumed from step 5 and redid 6..8 exactly
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
     config = run_config(tmp_path, "run", optimizer={"learning_rate": 1e9, "clip_norm": None, "warmup_steps": 0},
                         checkpoint={"every_tokens": 256, "keep_last": 10})

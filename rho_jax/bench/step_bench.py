@@ -48,7 +48,7 @@ from rho_jax.slm import SLMConfig
 from rho_jax.step import build_train_step, init_train_state, jit_train_step, place_reference
 from rho_jax.training.scoring import build_reference_scorer
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "configs" / "models" / "tiny-cpu.yaml"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "configs" / "models" / "tiny-cpu.yaml"
 
 
 def _memory_bytes(jitted: Any, *args: Any) -> int | None:
@@ -239,7 +239,7 @@ def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rho_jax.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model config (YAML or config.json)")
     parser.add_argument("--reference", type=Path, default=None, help="reference config (default: same as --model)")
@@ -263,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the selection alone over a global batch of N tokens (e.g. 1048576)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also trace the SLM (online) step into DIR and print where its time goes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     print(format_table(run(args), args))
     return 0
 

@@ -110,8 +110,7 @@ def prepare(
     return metadata
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The command line; returns the written metadata."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rho_jax.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--tokenizer", required=True, help="local Hugging Face tokenizer directory")
     parser.add_argument("--seq_len", type=int, required=True, help="model input length T (rows hold T + 1 tokens)")
@@ -123,7 +122,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--text_split", default="file", choices=TEXT_SPLITS, help="text: a document per file or line")
     parser.add_argument("--rows_per_shard", type=int, default=8192)
     parser.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command line; returns the written metadata."""
+    args = build_parser().parse_args(argv)
     source = SourceConfig(
         paths=tuple(args.paths),
         format=args.format,

@@ -1,4 +1,5 @@
-"""The tokenizer: loading it offline, fingerprinting what decides token ids, and encoding one document."""
+"""The tokenizer: loading it (a local directory or a Hugging Face Hub id), fingerprinting what decides token ids,
+and encoding one document."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import transformers
+
+from rho_jax.models.hub import resolve_local_dir
 
 # Any one of these marks a directory as holding a Hugging Face tokenizer.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -22,14 +25,20 @@ _FINGERPRINT_SAMPLE = "Hello world! 12 345\n\t  Ünïcödé — 数学 x^2+y_1 <
 
 
 def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
-    """The Hugging Face tokenizer saved in the local directory `path` (never downloads).
+    """The Hugging Face tokenizer saved in the local directory `path`, or of the Hugging Face Hub
+    id `path` (`owner/name[@revision]`, when no such local directory exists: fetched into the HF
+    cache, or found there when offline; see `rho_jax.models.hub.resolve_local_dir`).
 
-    Raises FileNotFoundError if the directory or its tokenizer files are missing, ValueError if
-    it cannot be loaded or has no EOS token (packing ends every document with EOS).
+    Raises FileNotFoundError if the directory or its tokenizer files are missing or the Hub id
+    cannot be resolved, ValueError if it cannot be loaded or has no EOS token (packing ends every
+    document with EOS).
     """
-    directory = Path(path)
+    directory = resolve_local_dir(path, "tokenizer", kind="tokenizer")
     if not directory.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist (it must be a local directory).")
+        raise FileNotFoundError(
+            f"tokenizer directory {path} does not exist (it must be a local directory or a Hugging Face Hub "
+            "id owner/name)."
+        )
     if not has_tokenizer_files(directory):
         raise FileNotFoundError(
             f"tokenizer directory {path} holds none of {list(_TOKENIZER_FILES)}; save a Hugging Face tokenizer "

@@ -217,7 +217,8 @@ class Llama(nnx.Module):
 
         self.layers = make_layers(rngs)
         self.norm = RMSNorm(d, cfg.rms_norm_eps, opts)
-        self.lm_head = None if cfg.tie_word_embeddings else _param(init, rngs, (d, cfg.vocab_size), opts.param_dtype, ("embed", "vocab"))
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else _param(init, rngs, (d, cfg.vocab_size), opts.param_dtype, ("embed", "vocab")))
 
     def __call__(
         self,
@@ -255,7 +256,7 @@ class Llama(nnx.Module):
             x, _ = jax.lax.scan(run_layer, x, stacked)
         else:
             for i in range(cfg.num_hidden_layers):
-                x, _ = run_layer(x, jax.tree.map(lambda p: p[i], stacked))
+                x, _ = run_layer(x, jax.tree.map(lambda p, i=i: p[i], stacked))
         return self.norm(x)
 
     def output_embedding(self) -> jax.Array:

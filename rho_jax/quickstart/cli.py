@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one CLM and one SLM run per seed (initialization and data order)")
     parser.add_argument("--configs", default=defaults.configs, help="directory with reference.yaml and slm.yaml")
     parser.add_argument("--corpus", action="append", default=[], metavar="FIELD=VALUE",
-                        help=f"corpus size/noise settings, fields of CorpusSpec: {[f.name for f in dataclasses.fields(CorpusSpec)]}")
+                        help="corpus size/noise settings, fields of CorpusSpec: "
+                        f"{[f.name for f in dataclasses.fields(CorpusSpec)]}")
     parser.add_argument("--reference-override", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the reference run (as for python -m rho_jax.train)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",

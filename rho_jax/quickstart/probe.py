@@ -53,7 +53,8 @@ def probe_batches(
     documents = grain.MapDataset.source(records).map(lambda r: labelled_document(tokenizer, r)).to_iter_dataset()
     rows = list(itertools.islice(pack_documents(documents, seq_len + 1, extra_fields=("labels",)), batch_rows * num_batches))
     if len(rows) < batch_rows * num_batches:
-        raise ValueError(f"{path} packs into {len(rows)} rows of {seq_len + 1} tokens; the probe needs {batch_rows * num_batches}.")
+        raise ValueError(f"{path} packs into {len(rows)} rows of {seq_len + 1} tokens; "
+                         f"the probe needs {batch_rows * num_batches}.")
     batches = []
     for start in range(0, len(rows), batch_rows):
         chunk = {key: np.stack([row[key] for row in rows[start : start + batch_rows]]) for key in rows[0]}
@@ -62,7 +63,8 @@ def probe_batches(
     return batches
 
 
-def selection_counts(scorer, params: nnx.State, ref_params: nnx.State, batches: list[dict[str, np.ndarray]]) -> dict[str, dict[str, int]]:
+def selection_counts(scorer, params: nnx.State, ref_params: nnx.State,
+                     batches: list[dict[str, np.ndarray]]) -> dict[str, dict[str, int]]:
     """{label: {"tokens": valid targets with that label, "selected": how many of them SLM keeps}}.
 
     `scorer` is `rho_jax.analysis.token_scores.build_token_scorer(...)`; each batch is selected on its own,

@@ -99,7 +99,8 @@ def markdown(summary: dict[str, Any], context: dict[str, Any]) -> str:
         "",
         context["description"],
         "",
-        "| seed | CLM held-out loss | SLM held-out loss | SLM - CLM | tokens SLM needed to reach CLM's final loss | selected fraction |",
+        "| seed | CLM held-out loss | SLM held-out loss | SLM - CLM "
+        "| tokens SLM needed to reach CLM's final loss | selected fraction |",
         "|---|---|---|---|---|---|",
     ]
     for s in summary["seeds"]:

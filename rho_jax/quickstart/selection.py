@@ -59,7 +59,8 @@ def _scored_documents(models: RunModels, params, batch: dict[str, np.ndarray],
 
         def view(text: str, t: int, row: int = row) -> TokenView:
             label = LABELS[int(batch["labels"][row, t])]
-            tooltip = f"{label} | score {out['score'][row, t]:+.2f} = loss {out['loss'][row, t]:.2f} - ref {out['ref_loss'][row, t]:.2f}"
+            tooltip = (f"{label} | score {out['score'][row, t]:+.2f} = loss {out['loss'][row, t]:.2f} "
+                       f"- ref {out['ref_loss'][row, t]:.2f}")
             return TokenView(text, float(out["score"][row, t]), bool(out["selected"][row, t]), marked=label != "clean",
                              tooltip=tooltip)
 

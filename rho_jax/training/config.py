@@ -2,9 +2,10 @@
 
 Sections (each a frozen dataclass, checked strictly by `rho_jax.training.schema.build`):
     output_dir   where checkpoints, metrics, the resolved config and the tokenizer go
-    model        the trained model: from scratch (a model config file), a local HF directory, or a
-                 rho_jax checkpoint (a training run directory, one of its checkpoints, or a model
-                 directory from `python -m rho_jax.convert to-orbax`)
+    model        the trained model: from scratch (a model config file), a local HF directory or a
+                 Hugging Face Hub id (owner/name[@revision]), or a rho_jax checkpoint (a training
+                 run directory, one of its checkpoints, or a model directory from
+                 `python -m rho_jax.convert to-orbax`)
     reference    the frozen reference model (hf or checkpoint), `precomputed` (its scores stored
                  beside the prepared rows by `python -m rho_jax.score`), or null for plain CLM
     slm          ratio, score function, selection scope (default: paper settings with a
@@ -14,13 +15,14 @@ Sections (each a frozen dataclass, checked strictly by `rho_jax.training.schema.
     mesh         data / fsdp / tensor axis sizes
     train        global batch (sequences or tokens), run length (tokens or steps), accumulation, seed
     checkpoint   save interval in tokens, retention, async saving
-    logging      log-line interval, progress bar, TensorBoard
+    logging      log-line interval, progress bar, TensorBoard, Weights & Biases
     eval         held-out sets and how often to evaluate them
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,11 @@ class ModelSource:
     """Where a model comes from.
 
     init: `scratch` (random init from `config`, a model YAML/JSON with HF field names), `hf` (a
-      local HF directory at `path`), or `checkpoint` (`path` is a rho_jax training run directory
-      (latest checkpoint), one of its `checkpoints/<step>` directories, or a rho_jax model directory),
+      local HF directory at `path`, or a Hugging Face Hub id `owner/name[@revision]` when no such
+      directory exists: its config, tokenizer and safetensors weights are downloaded into the HF
+      cache, or found there with HF_HUB_OFFLINE=1), or `checkpoint` (`path` is a rho_jax training
+      run directory (latest checkpoint), one of its `checkpoints/<step>` directories, or a rho_jax
+      model directory),
       or, for a reference only, `precomputed`: no model; every data source carries the `scores` that
       `python -m rho_jax.score` computed with the reference.
     options: how the model computes (dtypes, scan, remat, attention); see `ModelOptions`.
@@ -114,13 +119,45 @@ class CheckpointConfig:
             raise ValueError(f"keep_every must be >= 1 or null, got {self.keep_every}.")
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging of a run (process 0): every step record and held-out loss.
+
+    project: the W&B project; name: the run's display name (null: W&B picks one); entity: the W&B
+    user or team (null: the default one); tags: labels of the run; mode: `online` (sync while
+    training), `offline` (write into `<output_dir>/wandb`, upload later with `wandb sync`) or
+    `disabled`. Needs the optional `wandb` package (`pip install 'rho-jax[wandb]'`), checked here so
+    a run without it fails before it starts.
+    """
+
+    project: str
+    name: str | None = None
+    mode: str = "online"
+    entity: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.project:
+            raise ValueError("project must be a non-empty W&B project name.")
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"mode must be one of {WANDB_MODES}, got {self.mode!r}.")
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError("logging.wandb needs the wandb package, which is not installed: "
+                             "pip install 'rho-jax[wandb]' (or set logging.wandb: null).")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-    """A log line every `every_steps` steps (metrics.jsonl gets every step); progress bar; TensorBoard."""
+    """A log line every `every_steps` steps (metrics.jsonl gets every step); progress bar; TensorBoard;
+    Weights & Biases (`wandb`, null: off)."""
 
     every_steps: int = 10
     progress_bar: bool = True
     tensorboard: bool = True
+    wandb: WandbConfig | None = None
 
     def __post_init__(self) -> None:
         if self.every_steps < 1:
@@ -229,8 +266,12 @@ class RunConfig:
         """The optimizer settings with the schedule length set to the run length."""
         return dataclasses.replace(self.optimizer, total_steps=self.total_steps)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain YAML-safe data (what config.yaml holds)."""
+        return to_data(self)
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(to_data(self), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

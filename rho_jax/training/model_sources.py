@@ -1,7 +1,8 @@
 """The trained and reference models of a run, from their `ModelSource`, placed on the mesh.
 
 Sources: `scratch` (random init from a model config file, created directly in its shardings),
-`hf` (a local HF directory), `checkpoint` (a rho_jax training run -> its newest checkpoint, one
+`hf` (a local HF directory, or a Hugging Face Hub id `owner/name[@revision]` fetched into the HF
+cache by `rho_jax.models.hub`), `checkpoint` (a rho_jax training run -> its newest checkpoint, one
 `<run>/checkpoints/<step>` directory, or a rho_jax model directory from `convert to-orbax`).
 """
 
@@ -16,6 +17,7 @@ from jax.sharding import Mesh
 
 from rho_jax.data.tokenizer import has_tokenizer_files
 from rho_jax.models import Llama, ModelConfig, load_hf, load_orbax, read_hf_config
+from rho_jax.models.hub import resolve_local_dir
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.models.params import abstract_model
 from rho_jax.sharding import param_shardings
@@ -33,8 +35,16 @@ def _checkpoint_dir(path: Path) -> Path | None:
     return None
 
 
+def _source_dir(source: ModelSource, what: str) -> Path:
+    """The local path of `source` (hf or checkpoint): for `hf` a Hub id resolves to its snapshot in
+    the HF cache (downloaded once per process), anything else is taken as a local path."""
+    if source.init == "hf":
+        return resolve_local_dir(source.path, f"{what}.path", kind="model")
+    return Path(source.path)
+
+
 def _check_exists(source: ModelSource, what: str) -> Path:
-    path = Path(source.path)
+    path = _source_dir(source, what)
     if not path.is_dir():
         raise ConfigError(f"{what}.path: {path} is not a directory.")
     return path
@@ -60,11 +70,11 @@ def read_model_config(source: ModelSource, what: str = "model") -> ModelConfig:
     )
 
 
-def tokenizer_dir(source: ModelSource) -> Path | None:
+def tokenizer_dir(source: ModelSource, what: str = "model") -> Path | None:
     """The directory holding the tokenizer a loaded model was trained with (None: unknown)."""
     if source.init == "scratch":
         return None
-    path = Path(source.path)
+    path = _source_dir(source, what)
     step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
     candidate = step_dir.parent.parent / TOKENIZER_DIR if step_dir is not None else path
     return candidate if has_tokenizer_files(candidate) else None
@@ -81,7 +91,7 @@ def load_model(source: ModelSource, mesh: Mesh, seed: int = 0, what: str = "mode
     it in error messages)."""
     cfg = read_model_config(source, what)
     graphdef, abstract = model_graph(cfg, source)
-    return nnx.merge(graphdef, load_params(source, cfg, abstract, mesh, seed))
+    return nnx.merge(graphdef, load_params(source, cfg, abstract, mesh, seed, what))
 
 
 def place_loaded(params: nnx.State, shardings: nnx.State) -> nnx.State:
@@ -98,14 +108,15 @@ def place_loaded(params: nnx.State, shardings: nnx.State) -> nnx.State:
     return jax.tree.map(place, params, shardings)
 
 
-def load_params(source: ModelSource, cfg: ModelConfig, abstract: nnx.State, mesh: Mesh, seed: int) -> nnx.State:
+def load_params(source: ModelSource, cfg: ModelConfig, abstract: nnx.State, mesh: Mesh, seed: int,
+                what: str = "model") -> nnx.State:
     """The model's parameters (`abstract`: their state from `model_graph`), sharded over `mesh` by
-    the logical-axis rules."""
+    the logical-axis rules (`what` names the model in error messages)."""
     shardings = param_shardings(abstract, mesh)
     if source.init == "scratch":
         create = lambda: nnx.state(Llama(cfg, source.options, rngs=nnx.Rngs(seed)), nnx.Param)  # noqa: E731
         return jax.jit(create, out_shardings=shardings)()
-    path = Path(source.path)
+    path = _source_dir(source, what)
     step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
     if step_dir is not None:
         return load_checkpoint_params(step_dir, abstract, shardings)

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from rho_jax import slm
 from rho_jax.data import eval_batches, load_tokenizer, positioned_by_step, tokenizer_fingerprint, train_dataset
 from rho_jax.models import ModelConfig
+from rho_jax.models.hub import resolve_local_dir
 from rho_jax.sharding import BATCH_AXES, batch_sharding, make_mesh
 from rho_jax.training.cluster import barrier
 from rho_jax.training.config import ConfigError, RunConfig
@@ -87,6 +88,7 @@ class RunInputs:
 
     run_dir: Path
     tokenizer: Any
+    tokenizer_dir: Path  # local (a Hub id resolved into the HF cache), copied into the run directory
     model_config: ModelConfig
     reference_config: ModelConfig | None
     mesh: Mesh
@@ -115,5 +117,7 @@ def preflight(cfg: RunConfig) -> RunInputs:
                            max_rows=cfg.eval.max_rows, process_index=process, process_count=processes)
         for name, source in cfg.eval.sets.items()
     }
-    return RunInputs(run_dir=run_dir, tokenizer=tokenizer, model_config=model_config, reference_config=reference_config,
-                     mesh=mesh, data_by_step=positioned_by_step(cfg.data), data_from=data_from, eval_sets=eval_sets)
+    tokenizer_dir = resolve_local_dir(cfg.data.tokenizer, "data.tokenizer", kind="tokenizer")
+    return RunInputs(run_dir=run_dir, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, model_config=model_config,
+                     reference_config=reference_config, mesh=mesh, data_by_step=positioned_by_step(cfg.data),
+                     data_from=data_from, eval_sets=eval_sets)

@@ -8,6 +8,7 @@
     metrics.jsonl       one JSON object per training step
     eval.jsonl          one JSON object per (evaluation, held-out set)
     tensorboard/        TensorBoard event files
+    wandb/, wandb_id    Weights & Biases files and run id (only with logging.wandb)
     done.json           written when the run has reached its last step
 """
 

@@ -1,12 +1,14 @@
-"""What a run reports while it trains: metrics.jsonl, eval.jsonl, TensorBoard, progress bar, log lines.
+"""What a run reports while it trains: metrics.jsonl, eval.jsonl, TensorBoard, Weights & Biases,
+progress bar, log lines.
 
-Only process 0 writes files or prints; other processes get a `TrainLog(enabled=False)`.
+Only process 0 writes files, logs to W&B or prints; other processes get a `TrainLog(enabled=False)`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -14,7 +16,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from rho_jax.training.config import WandbConfig
 from rho_jax.training.run_dir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR
+
+# In the run directory: the W&B run id, so that a resumed run goes on logging to the same W&B run.
+WANDB_ID_FILE = "wandb_id"
 
 
 def format_count(n: float) -> str:
@@ -43,13 +49,32 @@ def drop_records_after(path: Path, step: int) -> None:
         path.write_text("".join(kept))
 
 
+def start_wandb(run_dir: Path, wandb_config: WandbConfig, run_config: dict[str, Any]) -> Any:
+    """A W&B run (`wandb.init`) logging into `run_dir/wandb`, with `run_config` as its config.
+
+    Its id is kept in `run_dir/WANDB_ID_FILE`: a resumed run continues the same W&B run
+    (`resume="allow"`). W&B only appends, so steps that a killed run logged after its last
+    checkpoint keep their first values there (metrics.jsonl holds the redone ones).
+    """
+    import wandb
+
+    id_file = run_dir / WANDB_ID_FILE
+    if not id_file.exists():
+        id_file.write_text(secrets.token_hex(4) + "\n")
+    return wandb.init(project=wandb_config.project, entity=wandb_config.entity, name=wandb_config.name,
+                      tags=list(wandb_config.tags), mode=wandb_config.mode, dir=str(run_dir), config=run_config,
+                      id=id_file.read_text().strip(), resume="allow")
+
+
 class TrainLog:
-    """Appends step and eval records, mirrors them to TensorBoard, shows progress and log lines."""
+    """Appends step and eval records, mirrors them to TensorBoard and W&B, shows progress and log lines."""
 
     def __init__(self, run_dir: Path, *, total_tokens: int, start_step: int, start_tokens: int, every_steps: int,
-                 progress_bar: bool, tensorboard: bool, enabled: bool = True):
+                 progress_bar: bool, tensorboard: bool, wandb: WandbConfig | None = None,
+                 run_config: dict[str, Any] | None = None, enabled: bool = True):
         """Records of steps after `start_step` (left by a run that was killed after its last
-        checkpoint) are dropped, so the files hold one history without repeated steps."""
+        checkpoint) are dropped, so the files hold one history without repeated steps. With `wandb`
+        set, records also go to a W&B run whose config is `run_config` (see `start_wandb`)."""
         self.enabled = enabled
         self.every_steps = every_steps
         self.total_tokens = total_tokens
@@ -58,6 +83,7 @@ class TrainLog:
             return
         for name in (METRICS_FILE, EVAL_FILE):
             drop_records_after(run_dir / name, start_step)
+        self.wandb_run = start_wandb(run_dir, wandb, run_config or {}) if wandb is not None else None
         self.metrics_file = open(run_dir / METRICS_FILE, "a")
         self.eval_file = open(run_dir / EVAL_FILE, "a")
         self.writer = None
@@ -87,6 +113,8 @@ class TrainLog:
             for key, value in record.items():
                 if key not in ("step", "tokens") and isinstance(value, (int, float)):
                     self.writer.add_scalar(f"train/{key}", value, record["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
         eta = self.eta_seconds(record["tokens"])
         self.bar.update(record["tokens"] - self.bar.n)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", sel=f"{record['selected_fraction']:.3f}", refresh=False)
@@ -106,6 +134,8 @@ class TrainLog:
             self.eval_file.write(json.dumps({"step": step, "tokens": tokens, "set": name, **result}) + "\n")
             if self.writer is not None:
                 self.writer.add_scalar(f"eval/{name}/loss", result["loss"], step)
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"eval/{name}/loss": result["loss"] for name, result in results.items()}, step=step)
         self.eval_file.flush()
         summary = ", ".join(f"{name} {r['loss']:.4f}" for name, r in results.items())
         self.message(f"eval at step {step}: {summary}")
@@ -122,3 +152,5 @@ class TrainLog:
         self.eval_file.close()
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

@@ -71,7 +71,7 @@ class Trainer:
         reference, and the jitted steps."""
         inputs = preflight(cfg)
         if is_primary():
-            initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, cfg.data.tokenizer)
+            initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, inputs.tokenizer_dir)
         barrier("run-dir-initialized")
         graphdef, abstract_params = model_graph(inputs.model_config, cfg.model)
         optimizer_config = cfg.optimizer_config()
@@ -127,9 +127,10 @@ class Trainer:
         """Train to the end (or until a stop signal); returns the process exit code."""
         cfg = self.cfg
         total_tokens = cfg.total_steps * cfg.tokens_per_step
-        log_ = TrainLog(self.run_dir, total_tokens=total_tokens, start_step=self.step if self.resumed else -1, start_tokens=self.tokens,
-                        every_steps=cfg.logging.every_steps, progress_bar=cfg.logging.progress_bar,
-                        tensorboard=cfg.logging.tensorboard, enabled=is_primary())
+        log_ = TrainLog(self.run_dir, total_tokens=total_tokens, start_step=self.step if self.resumed else -1,
+                        start_tokens=self.tokens, every_steps=cfg.logging.every_steps, progress_bar=cfg.logging.progress_bar,
+                        tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_config=cfg.to_dict(),
+                        enabled=is_primary())
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.step >= cfg.total_steps:
