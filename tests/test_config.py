@@ -87,6 +87,20 @@ def test_bad_config_is_refused_with_the_field_named(tmp_path, overrides, message
         load(tmp_path, BASE, *overrides)
 
 
+@pytest.mark.parametrize("override, shows_hint", [
+    ("train.total_steps=abc", False),
+    ("optimizer.learning_rate=fast", False),
+    ("data.seq_len=nan", False),
+    ("checkpoint.every_tokens=1e9", True),
+    ("optimizer.learning_rate=3e-4", True),
+])
+def test_yaml_number_hint_only_for_numbers_read_as_strings(tmp_path, override, shows_hint):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"config\.{key}: expected .*, got '{value}' \(str\)") as raised:
+        load(tmp_path, BASE, override)
+    assert ("YAML reads 1e9 as a string" in str(raised.value)) == shows_hint
+
+
 def test_missing_required_section_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="missing required key"):
         load(tmp_path, {k: v for k, v in BASE.items() if k != "data"})

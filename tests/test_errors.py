@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -55,6 +57,76 @@ def test_misshaped_tensor_names_both_shapes(model_copy):
 
     _edit_weights(model_copy, shrink)
     with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.k_proj.weight' has shape \(16, 64\), expected \(32, 64\)"):
+        load_hf(model_copy)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hidden_size": 32}, r"tensor 'model\.embed_tokens\.weight' has shape \(320, 64\), expected \(320, 32\)"),
+    ({"intermediate_size": 64}, r"tensor 'model\.layers\.0\.mlp\.\w+\.weight' has shape \(\d+, \d+\), expected \(\d+, \d+\)"),
+])
+def test_weights_of_another_model_name_the_file_tensor_and_shapes(model_copy, changes, message):
+    _edit_config(model_copy, **changes)
+    weights, config = (re.escape(str(model_copy / name)) for name in ("model.safetensors", "config.json"))
+    with pytest.raises(ValueError, match=rf"^{weights}: {message} for the model that {config} describes"):
+        load_hf(model_copy)
+
+
+def _edit_header(file, edit):
+    """Rewrite the JSON header of safetensors `file` after `edit(header)`, keeping its data."""
+    raw = file.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length:])
+
+
+def test_truncated_safetensors_names_the_file_and_tensor(model_copy):
+    weights = model_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4000])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(weights))}: tensor '[\w.]+' \(shape \(\d+, \d+\), F32\) "
+                                         r"needs bytes .* the file is truncated"):
+        load_hf(model_copy)
+
+
+def test_safetensors_header_disagreeing_with_its_data_names_the_file_and_tensor(model_copy):
+    weights = model_copy / "model.safetensors"
+    _edit_header(weights, lambda header: header["model.norm.weight"].update(shape=[128]))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(weights))}: tensor 'model\.norm\.weight' has shape \(128,\) "
+                                         r"\(F32, 512 bytes\), but its data_offsets span 256 bytes; the file is corrupt"):
+        load_hf(model_copy)
+
+
+@pytest.mark.parametrize("file_text", [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!"])
+def test_file_that_is_not_safetensors_is_named(model_copy, file_text):
+    (model_copy / "model.safetensors").write_bytes(file_text)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(model_copy / 'model.safetensors'))}: not a safetensors file"):
+        load_hf(model_copy)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("{not json", r"not valid JSON: Expecting property name"),
+    ({"hidden_size": "big"}, r"hidden_size must be a positive integer, got 'big'"),
+    ({"rms_norm_eps": "small"}, r"rms_norm_eps must be a number, got 'small'"),
+    ({"tie_word_embeddings": "false"}, r"tie_word_embeddings must be true or false, got 'false'"),
+    ({"rope_parameters": [10000.0]}, r"rope_parameters must be a mapping, got \[10000\.0\]"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "big"}}, r"rope_theta must be a number > 0, got 'big'"),
+    ({"eos_token_id": "</s>"}, r"eos_token_id must be an integer, a list of integers or null, got '</s>'"),
+    ({"model_type": None}, r"model_type is missing; rho_jax supports LlamaForCausalLM"),
+    ({"num_key_value_heads": 3}, r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
+])
+def test_bad_config_json_names_the_file_and_field(model_copy, change, message):
+    if isinstance(change, str):
+        (model_copy / "config.json").write_text(change)
+    else:
+        _edit_config(model_copy, **change)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(model_copy / 'config.json'))}: {message}"):
+        load_hf(model_copy)
+
+
+def test_bad_index_names_the_file(model_copy):
+    (model_copy / "model.safetensors.index.json").write_text('{"weight_map": ["model.safetensors"]}')
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: expected a JSON object whose 'weight_map'"):
         load_hf(model_copy)
 
 

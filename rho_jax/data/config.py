@@ -11,6 +11,8 @@ import math
 
 FORMATS = ("auto", "jsonl", "parquet", "text", "arrayrecord")
 TEXT_SPLITS = ("file", "line")
+# What opening a source does with a record that is not a document (`rho_jax.data.sources.open_source`).
+BAD_RECORD_POLICIES = ("error", "skip")
 # grain shuffle seeds are uint32 and each source gets `seed + source index`.
 MAX_SEED = 2**32 - 1
 
@@ -76,6 +78,9 @@ class DataConfig:
     seq_len: model input length T (> 1); packed rows hold T + 1 tokens.
     seed: shuffling seed (source i shuffles with seed + i).
     num_workers: grain worker processes (0 = read and tokenize in the training process).
+    on_bad_record: what opening a source (before training) does with a record that is not a
+      document (invalid UTF-8 or JSON, a missing, non-string or null text/prompt field): "error"
+      refuses the source naming the first one, "skip" leaves every such record out and logs it.
     """
 
     tokenizer: str
@@ -83,6 +88,7 @@ class DataConfig:
     seq_len: int = 2048
     seed: int = 0
     num_workers: int = 0
+    on_bad_record: str = "error"
 
     def __post_init__(self) -> None:
         if not self.tokenizer:
@@ -96,3 +102,5 @@ class DataConfig:
             raise ValueError(f"data.seed must be in [0, {MAX_SEED - len(self.sources)}], got {self.seed}.")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}.")
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            raise ValueError(f"data.on_bad_record must be one of {BAD_RECORD_POLICIES}, got {self.on_bad_record!r}.")

@@ -18,7 +18,8 @@ import grain
 import numpy as np
 import transformers
 
-from rho_jax.data.sources import DocumentSource, PackedRowSource
+from rho_jax.data.row_sources import PackedRowSource
+from rho_jax.data.sources import DocumentSource
 from rho_jax.data.tokenizer import encode_document
 
 Row = dict[str, np.ndarray]

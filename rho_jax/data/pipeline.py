@@ -28,8 +28,9 @@ from rho_jax.batch import batch_from_tokens
 from rho_jax.data import prepared
 from rho_jax.data.config import DataConfig, SourceConfig
 from rho_jax.data.packing import READ_OPTIONS, Row, source_rows
+from rho_jax.data.row_sources import PackedRowSource
 from rho_jax.data.scores import SCORE_FIELDS
-from rho_jax.data.sources import DocumentSource, PackedRowSource, open_source, resolve_paths, source_format
+from rho_jax.data.sources import DocumentSource, open_source, resolve_paths, source_format
 from rho_jax.data.tokenizer import check_tokenizer, tokenizer_fingerprint
 
 
@@ -39,10 +40,10 @@ def _check_process(process_index: int, process_count: int) -> None:
 
 
 def _open_checked(
-    source: SourceConfig, tokenizer: transformers.PreTrainedTokenizerBase, seq_len: int
+    source: SourceConfig, tokenizer: transformers.PreTrainedTokenizerBase, seq_len: int, on_bad_record: str
 ) -> DocumentSource | PackedRowSource:
-    """`open_source(source)`; prepared rows must have been packed for `seq_len` with `tokenizer`."""
-    opened = open_source(source)
+    """`open_source(source, on_bad_record)`; prepared rows must have been packed for `seq_len` with `tokenizer`."""
+    opened = open_source(source, on_bad_record)
     if isinstance(opened, PackedRowSource):
         prepared.check_metadata(
             opened.metadata, f"source {source.name!r}", seq_len=seq_len, fingerprint=tokenizer_fingerprint(tokenizer)
@@ -119,13 +120,14 @@ def train_dataset(
     `[batch_rows, cfg.seq_len]`. Deterministic for (cfg, process_index, process_count); its iterator
     supports `get_state()`/`set_state()` for exact resume. `start_batch` skips that many batches
     (only where `positioned_by_step`). Sources are opened and checked here, so missing files,
-    unknown formats and stale prepared data fail before training starts.
+    unknown formats, bad records (under `cfg.on_bad_record`) and stale prepared data fail before
+    training starts.
     """
     _check_process(process_index, process_count)
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}.")
     check_tokenizer(tokenizer, tokenizer.name_or_path)
-    sources = [_open_checked(source, tokenizer, cfg.seq_len) for source in cfg.sources]
+    sources = [_open_checked(source, tokenizer, cfg.seq_len, cfg.on_bad_record) for source in cfg.sources]
     if all(isinstance(source, PackedRowSource) for source in sources):
         prepared_batches = _prepared_batches(sources, cfg, batch_rows, process_index, process_count)
         batches = prepared_batches[start_batch:].to_iter_dataset(READ_OPTIONS)
@@ -151,6 +153,7 @@ def eval_batches(
     max_rows: int | None,
     process_index: int = 0,
     process_count: int = 1,
+    on_bad_record: str = "error",
 ) -> list[dict[str, np.ndarray]]:
     """This process's slices of the held-out set's global batches (same keys and dtypes as training).
 
@@ -158,7 +161,8 @@ def eval_batches(
     rows (all if None); they are cut into global batches of `global_batch_rows`, the last padded
     with rows that have segment id 0 and no valid target. Process p gets rows `[p*L:(p+1)*L]` of
     each global batch, `L = global_batch_rows // process_count`: every process gets the same number
-    of batches and together they hold exactly the set.
+    of batches and together they hold exactly the set. Bad records are refused or left out as
+    `on_bad_record` says (`open_source`; a run passes its `data.on_bad_record`).
     """
     _check_process(process_index, process_count)
     if global_batch_rows < 1 or global_batch_rows % process_count:
@@ -168,7 +172,7 @@ def eval_batches(
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 or null, got {max_rows}.")
     check_tokenizer(tokenizer, tokenizer.name_or_path)
-    packed = source_rows(_open_checked(source, tokenizer, seq_len), tokenizer, seq_len + 1)
+    packed = source_rows(_open_checked(source, tokenizer, seq_len, on_bad_record), tokenizer, seq_len + 1)
     rows = list(itertools.islice(packed, max_rows))
     padding = -len(rows) % global_batch_rows
     table = {}

@@ -5,11 +5,14 @@ as online training; the rows are written as ArrayRecord shards plus `metadata.js
 `rho_jax.data.prepared`). A training source with `format: arrayrecord` (or `*.array_record` paths)
 then skips tokenization and packing. The output appears only when complete (staging directory,
 renamed at the end), and only an empty directory or an earlier rho_jax output is replaced.
+Bad records are found before anything is written: `--on_bad_record error` (the default) refuses the
+corpus naming the first, `skip` leaves them out (logged; their counts go into the metadata).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -20,9 +23,10 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from rho_jax.data import prepared
-from rho_jax.data.config import FORMATS, TEXT_SPLITS, SourceConfig
+from rho_jax.data.config import BAD_RECORD_POLICIES, FORMATS, TEXT_SPLITS, SourceConfig
 from rho_jax.data.packing import Row, source_rows
-from rho_jax.data.sources import Document, PackedRowSource, open_source, resolve_paths, source_format
+from rho_jax.data.row_sources import PackedRowSource
+from rho_jax.data.sources import Document, open_source, resolve_paths, source_format
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rho_jax.models.atomic_dir import atomic_directory
 
@@ -69,15 +73,23 @@ def _write_shards(
 
 
 def prepare(
-    source: SourceConfig, *, tokenizer: str, seq_len: int, output: str, rows_per_shard: int = 8192
+    source: SourceConfig,
+    *,
+    tokenizer: str,
+    seq_len: int,
+    output: str,
+    rows_per_shard: int = 8192,
+    on_bad_record: str = "error",
 ) -> dict[str, Any]:
-    """Tokenize and pack the documents of `source` into `output`; returns the written metadata."""
+    """Tokenize and pack the documents of `source` into `output`; returns the written metadata.
+
+    Bad records are refused or left out as `on_bad_record` says (`open_source`)."""
     if seq_len < 2:
         raise ValueError(f"--seq_len must be an integer > 1, got {seq_len}.")
     if rows_per_shard < 1:
         raise ValueError(f"--rows_per_shard must be >= 1, got {rows_per_shard}.")
     hf_tokenizer = load_tokenizer(tokenizer)
-    documents = open_source(source)
+    documents = open_source(source, on_bad_record)
     if isinstance(documents, PackedRowSource):
         raise ValueError(f"source {source.name!r} is already prepared (arrayrecord); prepare reads documents.")
     paths = resolve_paths(source)
@@ -100,6 +112,8 @@ def prepare(
                 "text_field": source.text_field,
                 "prompt_field": source.prompt_field,
                 "text_split": source.text_split,
+                "on_bad_record": on_bad_record,
+                "skipped_records": documents.bad_records.counts,
             },
         }
         prepared.write_metadata(staging, **metadata)
@@ -121,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt_field", default=None, help="jsonl/parquet field with a prompt (masked from targets)")
     parser.add_argument("--text_split", default="file", choices=TEXT_SPLITS, help="text: a document per file or line")
     parser.add_argument("--rows_per_shard", type=int, default=8192)
+    parser.add_argument("--on_bad_record", default="error", choices=BAD_RECORD_POLICIES,
+                        help="a record that is not a document (bad JSON or UTF-8, missing field): "
+                             "refuse the corpus (default) or skip it (logged)")
     parser.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB")
     return parser
 
@@ -136,12 +153,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         text_split=args.text_split,
     )
     return prepare(
-        source, tokenizer=args.tokenizer, seq_len=args.seq_len, output=args.output, rows_per_shard=args.rows_per_shard
+        source, tokenizer=args.tokenizer, seq_len=args.seq_len, output=args.output, rows_per_shard=args.rows_per_shard,
+        on_bad_record=args.on_bad_record,
     )
 
 
 def cli() -> int:
-    """`main` with bad input reported as one `error:` line and exit code 2 instead of a traceback."""
+    """`main` with bad input reported as one `error:` line and exit code 2 instead of a traceback;
+    warnings (skipped records) are logged to stderr."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
     except (FileNotFoundError, FileExistsError, ValueError) as err:

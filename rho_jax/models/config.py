@@ -38,6 +38,16 @@ def supported_architectures_text() -> str:
     return ", ".join(f"{arch} (model_type '{mt}')" for mt, arch in SUPPORTED_ARCHITECTURES.items())
 
 
+def _is_int(value: Any) -> bool:
+    """Whether `value` is an integer (a JSON/YAML `true` is not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """Whether `value` is an integer or a float (a JSON/YAML `true` is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeParameters:
     """HF `rope_parameters`: base `rope_theta` plus an optional frequency-scaling variant.
@@ -60,22 +70,32 @@ class RopeParameters:
             raise ValueError(
                 f"Unsupported rope_type {self.rope_type!r}; rho_jax supports {list(SUPPORTED_ROPE_TYPES)}."
             )
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}.")
+        if not _is_number(self.rope_theta) or self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be a number > 0, got {self.rope_theta!r}.")
         required = _ROPE_KEYS_BY_TYPE[self.rope_type]
         missing = [k for k in required if getattr(self, k) is None]
         if missing:
             raise ValueError(f"rope_type {self.rope_type!r} needs rope_parameters {missing}.")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ValueError(f"rope_parameters.{name} must be a number > 0, got {value!r}.")
+        original = self.original_max_position_embeddings
+        if original is not None and (not _is_int(original) or original <= 0):
+            raise ValueError(f"rope_parameters.original_max_position_embeddings must be a positive integer, got {original!r}.")
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> RopeParameters:
+        """From an HF `rope_parameters` (or legacy `rope_scaling`) mapping; a `ValueError` if it is not one."""
+        if not isinstance(params, dict):
+            raise ValueError(f"rope_parameters must be a mapping, got {params!r}.")
         params = dict(params)
         if "type" in params:  # legacy spelling of rope_type
             params.setdefault("rope_type", params.pop("type"))
         rope_type = params.get("rope_type", "default")
-        allowed = {"rope_type", "rope_theta", *_ROPE_KEYS_BY_TYPE.get(rope_type, ())}
         if rope_type not in SUPPORTED_ROPE_TYPES:
             cls(rope_type=rope_type)  # raises the unsupported-type error
+        allowed = {"rope_type", "rope_theta", *_ROPE_KEYS_BY_TYPE[rope_type]}
         # Fields of other variants that HF tooling sometimes leaves behind are harmless only if unset.
         unknown = sorted(k for k, v in params.items() if k not in allowed and v is not None)
         if unknown:
@@ -116,26 +136,39 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.rope_parameters, dict):
+        """Fill in the derived defaults and raise a `ValueError` naming the first field of a wrong type or value."""
+        if not isinstance(self.rope_parameters, RopeParameters):
             object.__setattr__(self, "rope_parameters", RopeParameters.from_dict(self.rope_parameters))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
-        if self.head_dim is None and self.num_attention_heads > 0:
+        if self.head_dim is None and all(_is_int(v) and v > 0 for v in (self.hidden_size, self.num_attention_heads)):
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         self._validate()
 
     def _validate(self) -> None:
-        if self.model_type not in SUPPORTED_ARCHITECTURES:
+        if not isinstance(self.model_type, str) or self.model_type not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
                 f"Unsupported model_type {self.model_type!r}; rho_jax supports {supported_architectures_text()}."
             )
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        for name in ("initializer_range", "rms_norm_eps", "attention_dropout"):
+            if not _is_number(getattr(self, name)):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}.")
+        for name in ("bos_token_id", "pad_token_id"):
+            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer or null, got {getattr(self, name)!r}.")
+        eos = self.eos_token_id
+        if eos is not None and not (_is_int(eos) or isinstance(eos, tuple) and all(_is_int(i) for i in eos)):
+            raise ValueError(f"eos_token_id must be an integer, a list of integers or null, got {eos!r}.")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_key_value_heads ({self.num_key_value_heads}) must divide "
@@ -156,7 +189,7 @@ class ModelConfig:
         if self.sliding_window is not None:
             if self.model_type != "mistral":
                 raise ValueError("sliding_window is a Mistral field; set model_type: mistral or sliding_window: null.")
-            if not isinstance(self.sliding_window, int) or self.sliding_window <= 0:
+            if not _is_int(self.sliding_window) or self.sliding_window <= 0:
                 raise ValueError(f"sliding_window must be a positive integer or null, got {self.sliding_window!r}.")
 
     @property
@@ -175,10 +208,18 @@ class ModelConfig:
     # ---- HF <-> rho_jax -------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any]) -> ModelConfig:
-        """Build from an HF `config.json` dict (transformers 4 or 5 layout); unrelated HF keys are ignored."""
+        """Build from an HF `config.json` dict (transformers 4 or 5 layout); unrelated HF keys are ignored.
+
+        Fields it omits take transformers' defaults; a missing or unsupported model_type, or a field
+        of the wrong type or value, raises a `ValueError` naming the field.
+        """
         model_type = hf.get("model_type")
         architectures = hf.get("architectures") or []
-        if model_type not in SUPPORTED_ARCHITECTURES:
+        if model_type is None:
+            raise ValueError(f"model_type is missing; rho_jax supports {supported_architectures_text()}.")
+        if not isinstance(architectures, list):
+            raise ValueError(f"architectures must be a list of class names, got {architectures!r}.")
+        if not isinstance(model_type, str) or model_type not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
                 f"Unsupported architecture: model_type={model_type!r}, architectures={architectures}. "
                 f"rho_jax supports {supported_architectures_text()}."
@@ -189,6 +230,9 @@ class ModelConfig:
                 f"Unsupported architecture {wrong} for model_type {model_type!r}; "
                 f"rho_jax supports {supported_architectures_text()}."
             )
+        for key in ("rope_scaling", "rope_parameters"):
+            if hf.get(key) is not None and not isinstance(hf[key], dict):
+                raise ValueError(f"{key} must be a mapping, got {hf[key]!r}.")
         # transformers gives a legacy `rope_scaling` precedence over `rope_parameters`.
         rope = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
         theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
@@ -220,15 +264,27 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
-        """Read an HF `config.json` or a rho_jax model YAML (same field names)."""
+        """Read an HF `config.json` or a rho_jax model YAML (same field names).
+
+        A file that does not parse, is not a mapping, or has a field of the wrong type or value
+        raises a `ValueError` whose message starts with `path` (and names the field where one is at fault).
+        """
         path = Path(path)
-        text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                raise ValueError(f"{path}: not valid YAML: {err}") from err
         else:
-            data = json.loads(text)
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+                raise ValueError(f"{path}: not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}.")
-        return cls.from_hf_dict(data)
+        try:
+            return cls.from_hf_dict(data)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err

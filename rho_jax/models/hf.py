@@ -88,7 +88,11 @@ def tensor_mappings(cfg: ModelConfig) -> list[TensorMapping]:
 
 
 def read_hf_config(path: str | Path) -> ModelConfig:
-    """The `ModelConfig` of the HF model directory `path` (its `config.json`)."""
+    """The `ModelConfig` of the HF model directory `path` (its `config.json`).
+
+    Raises `FileNotFoundError` if `path` or its config.json is absent, and a `ValueError` naming the
+    config.json (and the field, where one is at fault) if it is not valid JSON or describes no supported model.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory; expected a Hugging Face model directory.")
@@ -122,6 +126,9 @@ def load_hf(
     of `options` (default `ModelOptions()`). Parameters
     are read and converted one at a time: host memory peaks at one stacked parameter (plus one
     per-layer tensor) beyond the model itself, never two copies of the model.
+
+    Raises a `ValueError` naming the file at fault: config.json (see `read_hf_config`), or the
+    safetensors file, tensor, its shape and the shape the config implies when weights and config disagree.
     """
     path = Path(path)
     cfg = read_hf_config(path)
@@ -139,12 +146,14 @@ def load_hf(
         )
 
     def read(name: str, shape: tuple[int, ...], mapping: TensorMapping) -> np.ndarray:
+        """HF tensor `name` as a rho_jax array of `shape`; a `ValueError` naming it if absent or misshaped."""
         expected = mapping.hf_shape(shape)
         if name not in checkpoint:
             raise ValueError(f"{path}: missing tensor {name!r} (expected shape {expected}).")
         if checkpoint.shape(name) != expected:
             raise ValueError(
-                f"{path}: tensor {name!r} has shape {checkpoint.shape(name)}, expected {expected} for this config.json."
+                f"{checkpoint.file_of(name)}: tensor {name!r} has shape {checkpoint.shape(name)}, expected {expected} "
+                f"for the model that {path / CONFIG_FILE} describes; the weights and config.json are of different models."
             )
         return mapping.to_rho(checkpoint.tensor(name), shape)
 

@@ -173,6 +173,12 @@ def barrier(name: str) -> None:
 
 def any_process(flag: bool) -> bool:
     """True on every process if `flag` is True on any process (a collective: all processes must call it)."""
+    return any_processes(flag)[0]
+
+
+def any_processes(*flags: bool) -> tuple[bool, ...]:
+    """For each flag, whether it is True on any process: one collective for several decisions."""
     if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+        return tuple(bool(f) for f in flags)
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    return tuple(bool(x) for x in np.any(np.asarray(gathered).reshape(-1, len(flags)), axis=0))

@@ -17,13 +17,14 @@ from jax.sharding import Mesh
 
 from rho_jax import slm
 from rho_jax.data import eval_batches, load_tokenizer, positioned_by_step, tokenizer_fingerprint, train_dataset
+from rho_jax.data.fingerprint import data_fingerprint
 from rho_jax.models import ModelConfig
 from rho_jax.models.hub import resolve_local_dir
 from rho_jax.sharding import BATCH_AXES, batch_sharding, make_mesh
 from rho_jax.training.cluster import barrier
 from rho_jax.training.config import ConfigError, RunConfig
 from rho_jax.training.model_sources import read_model_config, tokenizer_dir
-from rho_jax.training.run_dir import check_output_dir
+from rho_jax.training.run_dir import check_data_unchanged, check_output_dir
 
 log = logging.getLogger("rho_jax.train")
 
@@ -89,17 +90,21 @@ class RunInputs:
     run_dir: Path
     tokenizer: Any
     tokenizer_dir: Path  # local (a Hub id resolved into the HF cache), copied into the run directory
+    data_fingerprint: dict  # of the training files (`rho_jax.data.fingerprint`)
     model_config: ModelConfig
     reference_config: ModelConfig | None
     mesh: Mesh
     data_by_step: bool  # the data position is the step (prepared rows), not the iterator's state
     data_from: Callable[[int], Any]  # batch index -> iterator of this process's batches from there
+    data_iterator: Any  # data_from(0): opened (every record validated) before anything is written
     eval_sets: dict[str, list[dict[str, np.ndarray]]]
 
 
 def preflight(cfg: RunConfig) -> RunInputs:
     """Check the output directory, models, tokenizer, mesh and batch layout, and open the data."""
     run_dir = check_output_dir(cfg)
+    fingerprint = data_fingerprint(cfg.data)
+    check_data_unchanged(run_dir, fingerprint)
     barrier("output-dir-checked")  # before process 0 writes into it
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     model_config, reference_config = check_models(cfg, tokenizer)
@@ -114,10 +119,12 @@ def preflight(cfg: RunConfig) -> RunInputs:
     eval_rows = cfg.eval.batch_size or cfg.batch_size
     eval_sets = {
         name: eval_batches(source, tokenizer, seq_len=cfg.data.seq_len, global_batch_rows=eval_rows,
-                           max_rows=cfg.eval.max_rows, process_index=process, process_count=processes)
+                           max_rows=cfg.eval.max_rows, process_index=process, process_count=processes,
+                           on_bad_record=cfg.data.on_bad_record)
         for name, source in cfg.eval.sets.items()
     }
     tokenizer_dir = resolve_local_dir(cfg.data.tokenizer, "data.tokenizer", kind="tokenizer")
-    return RunInputs(run_dir=run_dir, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, model_config=model_config,
+    return RunInputs(run_dir=run_dir, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, data_fingerprint=fingerprint,
+                     model_config=model_config,
                      reference_config=reference_config, mesh=mesh, data_by_step=positioned_by_step(cfg.data),
-                     data_from=data_from, eval_sets=eval_sets)
+                     data_from=data_from, data_iterator=data_from(0), eval_sets=eval_sets)

@@ -7,6 +7,7 @@ Only process 0 writes files, logs to W&B or prints; other processes get a `Train
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import sys
@@ -16,11 +17,37 @@ from typing import Any
 
 from tqdm import tqdm
 
+from rho_jax.integrity import write_text_atomic
 from rho_jax.training.config import WandbConfig
-from rho_jax.training.run_dir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR
+from rho_jax.training.run_dir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR, read_jsonl
 
 # In the run directory: the W&B run id, so that a resumed run goes on logging to the same W&B run.
 WANDB_ID_FILE = "wandb_id"
+
+
+class _DropOrbaxThreadErrors(logging.Filter):
+    """orbax's background threads log every failed write with its whole traceback (hundreds of
+    lines for one full disk). The failure reaches the trainer, which reports it in one line
+    (`CheckpointSaveFailed`, or a restore's warning), so these records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "/orbax/" in record.pathname.replace("\\", "/"))
+
+
+def _ignore_closed_event_loops(unraisable: Any, previous: Any = sys.unraisablehook) -> None:
+    """TensorStore callbacks that fire after a failed save's event loop closed raise 'Event loop
+    is closed' in no one's frame; they add nothing to the reported failure."""
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return
+    previous(unraisable)
+
+
+def quiet_background_errors() -> None:
+    """Keep a failing checkpoint save or restore to the one message rho_jax prints about it."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxThreadErrors) for f in absl.filters):
+        absl.addFilter(_DropOrbaxThreadErrors())
+    sys.unraisablehook = _ignore_closed_event_loops
 
 
 def format_count(n: float) -> str:
@@ -40,13 +67,16 @@ def format_duration(seconds: float) -> str:
 
 
 def drop_records_after(path: Path, step: int) -> None:
-    """Remove the records of steps after `step` from a JSON-lines file (steps a resumed run redoes)."""
+    """Remove the records of steps after `step` from a JSON-lines file (steps a resumed run redoes),
+    and a last line cut short by a kill. The file is replaced atomically: a kill during the rewrite
+    leaves the old or the new file, never a torn one."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        path.write_text("".join(kept))
+    records = read_jsonl(path)
+    kept = [record for record in records if record["step"] <= step]
+    text = "".join(json.dumps(record) + "\n" for record in kept)
+    if text != path.read_text():
+        write_text_atomic(path, text)
 
 
 def start_wandb(run_dir: Path, wandb_config: WandbConfig, run_config: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from typing import Any
@@ -94,9 +95,19 @@ def _convert_scalar(tp: type, value: Any, path: str) -> Any:
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     hint = ""
-    if tp in (int, float) and isinstance(value, str):
+    if tp in (int, float) and _reads_as_number(value):
         hint = " (YAML reads 1e9 as a string: write 1.0e+9 or 1_000_000_000)"
     raise ConfigError(f"{path}: expected {_describe(tp)}, got {_shown(value)}{hint}.")
+
+
+def _reads_as_number(value: Any) -> bool:
+    """Whether `value` is a string that Python reads as a finite number but YAML 1.1 did not (e.g. '1e9', '3e-4')."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def build(cls: type, data: Any, path: str) -> Any:

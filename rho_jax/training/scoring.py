@@ -1,7 +1,8 @@
 """The scoring run behind `python -m rho_jax.score`: the reference's per-token `ref_loss` and
 `ref_entropy` of every packed row of a prepared directory, written beside it (`rho_jax.data.scores`),
 global batches sharded over every device of every process, one shard at a time, written
-atomically, so a rerun continues with the first unfinished shard."""
+atomically with its size and sha256 in the metadata, so a rerun verifies the finished shards,
+recomputes any that are missing or damaged, and continues with the first unfinished shard."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from rho_jax.batch import batch_from_tokens
 from rho_jax.data import prepared, scores, to_global_batch
-from rho_jax.data.sources import PackedRowSource
+from rho_jax.data.row_sources import PackedRowSource
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rho_jax.sharding import BATCH_AXES, MeshConfig, batch_sharding, make_mesh
 from rho_jax.slm import token_losses_on_mesh
@@ -85,7 +86,8 @@ def _run_metadata(cfg: ScoreConfig, rows_metadata: dict[str, Any]) -> dict[str, 
 
 
 def _open_output(cfg: ScoreConfig, run: dict[str, Any]) -> dict[str, Any]:
-    """The output's metadata: fresh for a new directory, the stored one for a run to continue."""
+    """The output's metadata: fresh for a new directory, the stored one for a run to continue (its
+    finished shards verified by `_drop_damaged`)."""
     output = Path(cfg.output)
     if output.is_dir() and (output / scores.METADATA_FILE).is_file():
         stored = scores.read_metadata(output)
@@ -93,10 +95,31 @@ def _open_output(cfg: ScoreConfig, run: dict[str, Any]) -> dict[str, Any]:
         if differing:
             raise ConfigError(f"output {output} holds scores of another run (different {', '.join(differing)}); "
                               "use a new output directory.")
-        return stored
+        return _drop_damaged(output, stored)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"output {output} exists and is not an unfinished rho_jax.score output; choose a new one.")
-    return {**run, "finished_shards": [], "complete": False}
+    return {**run, "finished_shards": [], "shard_checksums": {}, "complete": False}
+
+
+def _drop_damaged(output: Path, stored: dict[str, Any]) -> dict[str, Any]:
+    """`stored` with every finished shard whose file is missing or differs from its recorded checksum
+    taken off `finished_shards` (warning with their names), so that this run recomputes it. Shards
+    finished by an older rho_jax.score have no checksum: they are kept, with a warning."""
+    checksums = stored.setdefault("shard_checksums", {})
+    finished = stored["finished_shards"]
+    unverifiable = scores.unverifiable_shards(stored, finished)
+    if unverifiable:
+        log.warning("%s: %d finished shards (e.g. %s) have no recorded checksum (written by an older rho_jax.score); "
+                    "they are kept unverified.", output, len(unverifiable), scores.score_shard_name(unverifiable[0]))
+    damaged = scores.damaged_shards(output, stored, finished)
+    if damaged:
+        log.warning("%s: %d finished shard(s) are damaged and will be recomputed: %s", output, len(damaged),
+                    "; ".join(f"{scores.score_shard_name(shard)} {problem}" for shard, problem in damaged.items()))
+        stored["finished_shards"] = [shard for shard in finished if shard not in damaged]
+        for shard in damaged:
+            del checksums[scores.score_shard_name(shard)]
+        stored["complete"] = False
+    return stored
 
 
 def build_reference_scorer(graphdef: nnx.GraphDef, mesh: Mesh, chunk: int | None) -> Callable:
@@ -114,8 +137,9 @@ def _local_rows(source: PackedRowSource, start: int, global_rows: int) -> dict[s
     return {key: batch[key] for key in ("input_ids", "targets", "segment_ids")}
 
 
-def _write_shard(path: Path, values: np.ndarray, dtype: str) -> None:
-    """Write the `[rows, 2, seq_len]` scores of one shard, atomically (a temporary file renamed)."""
+def _write_shard(path: Path, values: np.ndarray, dtype: str) -> dict[str, Any]:
+    """Write the `[rows, 2, seq_len]` scores of one shard, atomically (a temporary file renamed);
+    returns the written file's `scores.shard_checksum`."""
     tmp = path.with_name(path.name + ".tmp")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     try:
@@ -123,12 +147,15 @@ def _write_shard(path: Path, values: np.ndarray, dtype: str) -> None:
             writer.write(scores.scores_to_record(row[0], row[1], dtype))
     finally:
         writer.close()
+    checksum = scores.shard_checksum(tmp)
     tmp.replace(path)
+    return checksum
 
 
 def score(cfg: ScoreConfig) -> dict[str, Any]:
-    """Score every unfinished shard of `cfg.rows` into `cfg.output`; returns the output's metadata
-    plus `tokens_per_sec` of this invocation."""
+    """Score every unfinished shard of `cfg.rows` into `cfg.output` (a finished shard whose file is
+    missing or damaged counts as unfinished); returns the output's metadata plus `tokens_per_sec`
+    of this invocation."""
     rows_dir = Path(cfg.rows)
     rows_metadata = prepared.read_metadata(rows_dir)
     seq_len = rows_metadata["seq_len"]
@@ -168,7 +195,8 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
             scored += count * seq_len
             bar.update(count * seq_len)
         if is_primary():
-            _write_shard(output / scores.score_shard_name(shard), values, cfg.dtype)
+            name = scores.score_shard_name(shard)
+            metadata["shard_checksums"][name] = _write_shard(output / name, values, cfg.dtype)
             metadata["finished_shards"].append(shard)
             metadata["complete"] = len(metadata["finished_shards"]) == len(rows_metadata["shards"])
             scores.write_metadata(output, metadata)

@@ -11,7 +11,6 @@ and prints progress; a stop signal reaching any process stops them all after the
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -26,11 +25,13 @@ from rho_jax.batch import BATCH_KEYS
 from rho_jax.data import to_global_batch
 from rho_jax.data.scores import SCORE_FIELDS
 from rho_jax.evaluation.heldout import build_eval_step, evaluate
+from rho_jax.integrity import write_json_atomic
 from rho_jax.optimizer import learning_rate_schedule, make_optimizer
 from rho_jax.sharding import batch_sharding, param_shardings
 from rho_jax.step import TrainState, build_train_step, jit_train_step, new_train_state, state_shardings
 from rho_jax.training.checkpoint import Checkpointer, interval_crossed
-from rho_jax.training.cluster import any_process, barrier, is_primary
+from rho_jax.training.checkpoint_errors import CheckpointSaveFailed
+from rho_jax.training.cluster import any_processes, barrier, is_primary
 from rho_jax.training.config import RunConfig
 from rho_jax.training.model_sources import load_params, model_graph
 from rho_jax.training.preflight import RunInputs, preflight
@@ -71,7 +72,7 @@ class Trainer:
         reference, and the jitted steps."""
         inputs = preflight(cfg)
         if is_primary():
-            initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, inputs.tokenizer_dir)
+            initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, inputs.tokenizer_dir, inputs.data_fingerprint)
         barrier("run-dir-initialized")
         graphdef, abstract_params = model_graph(inputs.model_config, cfg.model)
         optimizer_config = cfg.optimizer_config()
@@ -143,13 +144,15 @@ class Trainer:
             if self.eval_sets and not self.resumed:
                 self._evaluate(log_)
             if self._loop(log_):
+                self.checkpointer.finish()
                 log_.message(f"{self.stop_signal}: saved a checkpoint at step {self.step}; "
                              "rerun the same command to resume.")
                 return STOPPED
             if self.eval_sets:
                 self._evaluate(log_)
+            self.checkpointer.finish()  # the final checkpoint is committed before the run says it is done
             if is_primary():
-                (self.run_dir / DONE_FILE).write_text(json.dumps({"step": self.step, "tokens": self.tokens}) + "\n")
+                write_json_atomic(self.run_dir / DONE_FILE, {"step": self.step, "tokens": self.tokens})
             log_.message(f"Done: {self.step} steps, {self.tokens:,} tokens. Checkpoints in {self.checkpointer.directory}")
             return 0
         finally:
@@ -159,8 +162,17 @@ class Trainer:
                 signal.signal(sig, handler)
 
     def _stop_agreed(self) -> bool:
-        """Whether any process has received a stop signal (so that all stop after the same step)."""
-        stopping = any_process(self.stop_signal is not None)
+        """Whether any process has received a stop signal (so that all stop after the same step).
+        A background checkpoint save that failed on any process raises `CheckpointSaveFailed` on all."""
+        failure = None
+        try:
+            self.checkpointer.poll()
+        except CheckpointSaveFailed as err:
+            failure = err
+        stopping, failed = any_processes(self.stop_signal is not None, failure is not None)
+        if failed:
+            raise failure or CheckpointSaveFailed("a checkpoint save failed on another process (see its output); "
+                                                  "the earlier checkpoints are intact. Rerun to resume.")
         if stopping and self.stop_signal is None:
             self.stop_signal = "a stop signal on another process"
         return stopping
@@ -194,7 +206,7 @@ def _restore_or_init(cfg: RunConfig, inputs: RunInputs, checkpointer: Checkpoint
                      shardings: TrainState, abstract_params: Any) -> tuple[TrainState, int, Any, bool]:
     """(state, tokens seen, data iterator, resumed): from the newest readable checkpoint (the data
     positioned after its step), else fresh at step 0."""
-    data_iterator = inputs.data_from(0)
+    data_iterator = inputs.data_iterator
     restored = checkpointer.restore_latest(shardings, abstract_params, jax.eval_shape(optimizer.init, abstract_params),
                                            None if inputs.data_by_step else data_iterator)
     if restored is None:
