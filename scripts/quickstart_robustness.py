@@ -2,6 +2,7 @@
 
     python scripts/quickstart_robustness.py [--output runs/robustness] [--seeds 0 1 2 3 4]
                                             [--variants grouped xla-chunked] [--override KEY=VALUE ...]
+                                            [--corpus FIELD=VALUE ...]
 
 Another CPU rounds floating point differently; near-ties at the top-k threshold then flip and the
 runs diverge. This script changes the rounding the same way, without changing the method: each
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rho_jax.quickstart.cli import corpus_spec
 from rho_jax.quickstart.pipeline import Settings, run
 
 # Variants of the numerics (each a set of config overrides for every model of the quickstart).
@@ -55,10 +57,10 @@ def markdown(reports: dict[str, dict[str, Any]], stats: dict[str, Any], override
         *(f"| {seed} | " + " | ".join(cell(reports[v]["seeds"][i]) for v in variants) + " |"
           for i, seed in enumerate(seeds)),
         "",
-        f"Cells: SLM - CLM final held-out loss (nats; negative = SLM better) and, in parentheses, the share of the "
-        f"tokens SLM needed to reach CLM's final held-out loss. Variants: "
+        "Cells: SLM - CLM final held-out loss (nats; negative = SLM better) and, in parentheses, the share of the "
+        "tokens SLM needed to reach CLM's final held-out loss. Variants: "
         + "; ".join(f"`{v}` = {', '.join(VARIANTS[v]) or 'the defaults'}" for v in variants)
-        + (f"; extra overrides: {', '.join(overrides)}" if overrides else "") + ".",
+        + (f"; settings besides the quickstart's: {', '.join(overrides)}" if overrides else "") + ".",
         "",
         f"SLM won {stats['slm_wins']} of {stats['cells']} cells; gap {stats['gap']['mean']:+.3f} +- "
         f"{stats['gap']['std']:.3f} nats (range {stats['gap']['min']:+.3f} to {stats['gap']['max']:+.3f}); tokens "
@@ -75,16 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every CLM and SLM run (to try other settings)")
+    parser.add_argument("--corpus", action="append", default=[], metavar="FIELD=VALUE",
+                        help="corpus setting (a field of CorpusSpec), as for python -m rho_jax.quickstart")
     args = parser.parse_args(argv)
     out = Path(args.output)
     reports = {}
     for variant in args.variants:
         numerics = VARIANTS[variant]
-        settings = Settings(output=str(out / variant), seeds=tuple(args.seeds), reference_overrides=numerics,
-                            overrides=(*numerics, *args.override))
+        settings = Settings(output=str(out / variant), seeds=tuple(args.seeds), corpus=corpus_spec(args.corpus),
+                            reference_overrides=numerics, overrides=(*numerics, *args.override))
         reports[variant] = run(settings)
     stats = summarize(reports)
-    text = markdown(reports, stats, args.override)
+    text = markdown(reports, stats, [*args.override, *(f"corpus {c}" for c in args.corpus)])
     (out / "robustness.md").write_text(text)
     (out / "robustness.json").write_text(json.dumps({"stats": stats, "targets": TARGETS, "reports": reports}, indent=2))
     print(text)

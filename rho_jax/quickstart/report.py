@@ -140,17 +140,23 @@ def markdown(summary: dict[str, Any], context: dict[str, Any]) -> str:
 
 def plot(results: list[SeedResult], reference_loss: float, summary: dict[str, Any], context: dict[str, Any],
          path: Path) -> None:
-    """Held-out loss vs tokens for CLM and SLM (every seed), and selection rates per token type."""
+    """Held-out loss vs tokens for CLM and SLM, each seed in its own colour (CLM dashed, SLM solid,
+    so every SLM run is seen against its own CLM run), and selection rates per token type."""
     ratio = context["ratio"]
     fig, (curves, rates) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     for i, r in enumerate(results):
-        for curve, color, name in ((r.clm, "tab:blue", "CLM (all tokens)"), (r.slm, "tab:orange", f"SLM (ratio {ratio})")):
-            curves.plot([t / 1e3 for t, _ in curve], [loss for _, loss in curve], color=color, alpha=0.85,
-                        marker=".", label=name if i == 0 else None)
+        color = plt.get_cmap("tab10")(i % 10)
+        for curve, style in ((r.clm, "--"), (r.slm, "-")):
+            curves.plot([t / 1e3 for t, _ in curve], [loss for _, loss in curve], color=color, linestyle=style,
+                        alpha=0.9, marker=".")
+        curves.annotate(f"seed {r.seed}", (r.slm[-1][0] / 1e3, r.slm_final), xytext=(4, 0), textcoords="offset points",
+                        color=color, fontsize=8, va="center")
         reached = r.tokens_to_clm_final
         if reached is not None:
-            curves.plot([reached / 1e3], [r.clm_final], "k|", markersize=14)
-    curves.axhline(reference_loss, color="tab:green", linestyle="--", label="reference model (trained on clean data)")
+            curves.plot([reached / 1e3], [r.clm_final], "|", color=color, markersize=14)
+    curves.plot([], [], "k--", label="CLM (all tokens)")
+    curves.plot([], [], "k-", label=f"SLM (ratio {ratio})")
+    curves.axhline(reference_loss, color="0.35", linestyle=":", label="reference model (trained on clean data)")
     curves.set(xlabel="training tokens (thousands)", ylabel="held-out in-domain loss (nats/token)",
                title=f"Held-out loss, {len(results)} seed(s); | = SLM reaches CLM's final loss")
     curves.legend()
