@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every CLM and SLM run (to try other settings)")
+    parser.add_argument("--configs", default=Settings.configs, help="directory with reference.yaml and slm.yaml")
     parser.add_argument("--corpus", action="append", default=[], metavar="FIELD=VALUE",
                         help="corpus setting (a field of CorpusSpec), as for python -m rho_jax.quickstart")
     args = parser.parse_args(argv)
@@ -84,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     reports = {}
     for variant in args.variants:
         numerics = VARIANTS[variant]
-        settings = Settings(output=str(out / variant), seeds=tuple(args.seeds), corpus=corpus_spec(args.corpus),
-                            reference_overrides=numerics, overrides=(*numerics, *args.override))
+        # The reference is plain CLM: an slm section given to it must keep ratio 1.0.
+        reference = (*numerics, "slm.ratio=1.0") if any(o.startswith("slm.") for o in numerics) else numerics
+        settings = Settings(output=str(out / variant), seeds=tuple(args.seeds), configs=args.configs,
+                            corpus=corpus_spec(args.corpus), reference_overrides=reference,
+                            overrides=(*numerics, *args.override))
         reports[variant] = run(settings)
     stats = summarize(reports)
     text = markdown(reports, stats, [*args.override, *(f"corpus {c}" for c in args.corpus)])

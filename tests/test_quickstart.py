@@ -241,3 +241,17 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
     assert cli.main(["--output", str(tmp_path / "e")]) == 2
     assert "non-empty directory" in capsys.readouterr().err
     assert (tmp_path / "e" / "unrelated.txt").read_text() == "keep me"
+
+
+def test_an_override_for_slm_leaves_clm_plain_clm(tmp_path):
+    """`--override slm.ratio=0.7` changes SLM's ratio; CLM keeps no reference and ratio 1.0."""
+    from rho_jax.quickstart.pipeline import check_plans, run_plans
+    from rho_jax.training.config import load_config
+
+    settings = Settings(output=str(tmp_path / "qs"), seeds=(0,), configs=str(ROOT / "configs" / "quickstart"),
+                        overrides=("slm.ratio=0.7", "slm.ce_chunk_size=64"))
+    reference, [(_, clm, slm)] = run_plans(settings, tmp_path / "qs")
+    check_plans([reference, clm, slm])
+    clm_cfg, slm_cfg = (load_config(plan.config, list(plan.overrides)) for plan in (clm, slm))
+    assert clm_cfg.reference is None and clm_cfg.slm.ratio == 1.0 and clm_cfg.slm.ce_chunk_size == 64
+    assert slm_cfg.reference is not None and slm_cfg.slm.ratio == 0.7 and slm_cfg.slm.ce_chunk_size == 64

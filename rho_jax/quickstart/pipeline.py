@@ -117,8 +117,9 @@ def run_plans(settings: Settings, out: Path) -> tuple[RunPlan, list[tuple[int, R
     for seed in settings.seeds:
         seeded = (f"data.sources.0.paths={paths('noisy.jsonl')}", *common, f"train.seed={seed}", f"data.seed={seed}",
                   *settings.overrides)
+        # CLM's own settings come last, so an override meant for SLM (e.g. slm.ratio=0.7) leaves CLM plain CLM.
         clm = RunPlan(f"CLM on the noisy corpus, seed {seed}", out / f"clm-seed{seed}", configs / "slm.yaml",
-                      (f"output_dir={out / f'clm-seed{seed}'}", "reference=null", "slm.ratio=1.0", *seeded))
+                      (f"output_dir={out / f'clm-seed{seed}'}", *seeded, "reference=null", "slm.ratio=1.0"))
         slm = RunPlan(f"SLM on the noisy corpus, seed {seed}", out / f"slm-seed{seed}", configs / "slm.yaml",
                       (f"output_dir={out / f'slm-seed{seed}'}", f"reference.path={out / 'reference'}", *seeded))
         pairs.append((seed, clm, slm))
