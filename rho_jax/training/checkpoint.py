@@ -176,8 +176,8 @@ class Checkpointer:
             self.manager.wait_until_finished()  # returns at once when no save runs; raises if the last one failed
             self.manager.check_for_errors()
         except Exception as err:  # noqa: BLE001 - whatever orbax or TensorStore raised
-            step = self._unrecorded[-1] if self._unrecorded else None
-            self._unrecorded.clear()
+            step = self._unrecorded[-1] if self._unrecorded else None  # the newest save is the one that failed
+            self._record_manifests()  # the earlier ones that did commit keep their checksums
             raise CheckpointSaveFailed(self._save_failure(step, err)) from None
         self._record_manifests()
 
@@ -212,8 +212,12 @@ class Checkpointer:
             for step in self._unrecorded:
                 if step in committed:
                     files = directory_manifest(self.directory / str(step))
-                    write_json_atomic(self.manifests / f"{step}.json", {"step": step, "files": files})
                     self._last_bytes = manifest_bytes(files)
+                    try:
+                        write_json_atomic(self.manifests / f"{step}.json", {"step": step, "files": files})
+                    except OSError as err:  # e.g. the disk filled up: the checkpoint is fine, just unverifiable
+                        log.warning("Could not record the checksums of checkpoint step %d (%s); it will be restored "
+                                    "without verification.", step, one_line(err))
             for stale in self.manifests.glob("*.json"):
                 if stale.stem.isdigit() and int(stale.stem) not in committed:
                     stale.unlink(missing_ok=True)

@@ -42,11 +42,21 @@ def _ignore_closed_event_loops(unraisable: Any, previous: Any = sys.unraisableho
     previous(unraisable)
 
 
+class _DropOrbaxTaskErrors(logging.Filter):
+    """asyncio reports each failed orbax write task ("Task exception was never retrieved", with its
+    traceback) when the task is garbage collected; the same failure reaches the trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "/orbax/" in message)
+
+
 def quiet_background_errors() -> None:
     """Keep a failing checkpoint save or restore to the one message rho_jax prints about it."""
-    absl = logging.getLogger("absl")
-    if not any(isinstance(f, _DropOrbaxThreadErrors) for f in absl.filters):
-        absl.addFilter(_DropOrbaxThreadErrors())
+    for name, kind in (("absl", _DropOrbaxThreadErrors), ("asyncio", _DropOrbaxTaskErrors)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
     sys.unraisablehook = _ignore_closed_event_loops
 
 
