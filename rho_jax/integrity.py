@@ -25,14 +25,18 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def file_entry(path: str | Path) -> dict[str, Any]:
+    """`{"bytes", "sha256"}` of one file: a manifest's entry, and what score shards record."""
+    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
 def directory_manifest(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """`{relative path: {"bytes", "sha256"}}` of every regular file below `directory`, sorted by path."""
+    """`{relative path: file_entry}` of every regular file below `directory`, sorted by path."""
     directory = Path(directory)
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     with ThreadPoolExecutor(HASH_THREADS) as pool:
-        digests = list(pool.map(file_sha256, files))
-    return {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": d}
-            for p, d in zip(files, digests)}
+        entries = list(pool.map(file_entry, files))
+    return {p.relative_to(directory).as_posix(): entry for p, entry in zip(files, entries)}
 
 
 def manifest_bytes(manifest: dict[str, dict[str, Any]]) -> int:

@@ -14,8 +14,9 @@ from train_runs import TINY, model_yaml, run_config
 
 from rho_jax.data import SourceConfig, prepared
 from rho_jax.data.prepare import main as prepare
-from rho_jax.data.scores import METADATA_FILE, check_scores, read_metadata, score_shard_name, shard_checksum
+from rho_jax.data.scores import METADATA_FILE, check_scores, read_metadata, score_shard_name
 from rho_jax.data.sources import open_source
+from rho_jax.integrity import file_entry
 from rho_jax.score import main as score_main
 from rho_jax.train import main as train
 
@@ -77,7 +78,7 @@ def test_scoring_records_every_shards_size_and_sha256(scored):
     shards = prepared.read_metadata(rows)["shards"]
     assert len(shards) == 4
     checksums = json.loads((scores_dir / METADATA_FILE).read_text())["shard_checksums"]
-    assert checksums == {score_shard_name(s): shard_checksum(scores_dir / score_shard_name(s)) for s in shards}
+    assert checksums == {score_shard_name(s): file_entry(scores_dir / score_shard_name(s)) for s in shards}
 
 
 @pytest.mark.parametrize("damage", DAMAGES)

@@ -15,7 +15,7 @@ from typing import Any
 
 from rho_jax.data.config import DataConfig
 from rho_jax.data.sources import resolve_paths
-from rho_jax.integrity import HASH_THREADS, file_sha256
+from rho_jax.integrity import HASH_THREADS, file_entry
 
 FULL_HASH_BYTES = 64 << 20
 SAMPLE_BYTES = 1 << 20
@@ -26,7 +26,7 @@ def file_fingerprint(path: str) -> dict[str, Any]:
     `{"bytes", "sha256_sampled", "mtime_ns"}`."""
     size = os.path.getsize(path)
     if size <= FULL_HASH_BYTES:
-        return {"bytes": size, "sha256": file_sha256(path)}
+        return file_entry(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for offset in (0, size // 2, size - SAMPLE_BYTES):

@@ -92,11 +92,6 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     return {**metadata, DIRECTORY_KEY: str(directory)}
 
 
-def shard_checksum(path: Path) -> dict[str, Any]:
-    """`{"bytes", "sha256"}` of one written score shard, as `shard_checksums` records it."""
-    return {"bytes": path.stat().st_size, "sha256": integrity.file_sha256(path)}
-
-
 def unverifiable_shards(metadata: dict[str, Any], shards: list[str]) -> list[str]:
     """Those of `shards` (rows shard names) whose score shard has no recorded checksum (written by
     a rho_jax.score from before checksums)."""

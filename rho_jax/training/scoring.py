@@ -25,6 +25,7 @@ from rho_jax.batch import batch_from_tokens
 from rho_jax.data import prepared, scores, to_global_batch
 from rho_jax.data.row_sources import PackedRowSource
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from rho_jax.integrity import file_entry
 from rho_jax.sharding import BATCH_AXES, MeshConfig, batch_sharding, make_mesh
 from rho_jax.slm import token_losses_on_mesh
 from rho_jax.training.cluster import barrier, is_primary
@@ -139,7 +140,7 @@ def _local_rows(source: PackedRowSource, start: int, global_rows: int) -> dict[s
 
 def _write_shard(path: Path, values: np.ndarray, dtype: str) -> dict[str, Any]:
     """Write the `[rows, 2, seq_len]` scores of one shard, atomically (a temporary file renamed);
-    returns the written file's `scores.shard_checksum`."""
+    returns the written file's `integrity.file_entry` (its size and sha256)."""
     tmp = path.with_name(path.name + ".tmp")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     try:
@@ -147,7 +148,7 @@ def _write_shard(path: Path, values: np.ndarray, dtype: str) -> dict[str, Any]:
             writer.write(scores.scores_to_record(row[0], row[1], dtype))
     finally:
         writer.close()
-    checksum = scores.shard_checksum(tmp)
+    checksum = file_entry(tmp)
     tmp.replace(path)
     return checksum
 
