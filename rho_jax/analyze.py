@@ -2,7 +2,7 @@
 
     python -m rho_jax.analyze dynamics  --run RUN --data HELDOUT --output DIR [--threshold X]
     python -m rho_jax.analyze selection --model CKPT --reference REF --text FILE --output page.html
-    python -m rho_jax.analyze curves    --run RUN [--run RUN2 ...] --output curves.png
+    python -m rho_jax.analyze curves    --run RUN [--run RUN2 ...] --output curves.png [--eval]
 
 See `rho_jax.analysis` for what each computes.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from rho_jax.analysis import dynamics, loss_curves, selection_page
+from rho_jax.analysis import dynamics, eval_curves, loss_curves, selection_page
 from rho_jax.analysis.models import load, model_tokenizer, run_checkpoints, valid_token_losses
 from rho_jax.data import SourceConfig, eval_batches, load_tokenizer
 from rho_jax.sharding import make_mesh
@@ -64,7 +64,7 @@ def cmd_selection(args: argparse.Namespace) -> None:
 
 
 def cmd_curves(args: argparse.Namespace) -> None:
-    finals = loss_curves.plot(args.run, args.output, args.smoothing)
+    finals = eval_curves.plot(args.run, args.output) if args.eval else loss_curves.plot(args.run, args.output, args.smoothing)
     print(json.dumps(finals, indent=2))
     print(f"wrote {args.output}")
 
@@ -95,10 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-len", type=int, help="default: the model run's data.seq_len, else 512")
     s.add_argument("--max-rows", type=int, default=8, help="packed rows of the text to show")
     s.set_defaults(func=cmd_selection)
-    c = sub.add_parser("curves", help="PNG of selected vs unselected token loss from metrics.jsonl")
+    c = sub.add_parser("curves", help="PNG of selected vs unselected token loss (metrics.jsonl), or with --eval "
+                                      "of held-out loss and few-shot accuracy vs tokens (eval.jsonl)")
     c.add_argument("--run", required=True, action="append", help="training run directory (repeat for several)")
     c.add_argument("--output", required=True, help="PNG file to write")
     c.add_argument("--smoothing", type=float, default=0.9, help="EMA factor in [0, 1) (0 = raw)")
+    c.add_argument("--eval", action="store_true",
+                   help="plot eval.jsonl instead: each held-out set's loss and each task's accuracy vs training tokens")
     c.set_defaults(func=cmd_curves)
     return parser
 

@@ -166,18 +166,20 @@ class TrainLog:
                 f"ETA {format_duration(eta)}"
             )
 
-    def evaluation(self, step: int, tokens: int, results: dict[str, dict[str, float]]) -> None:
-        """Held-out results {set name: {"loss": ..., "num_tokens": ...}} of one evaluation."""
+    def evaluation(self, step: int, tokens: int, results: dict[str, dict[str, float]], kind: str = "set") -> None:
+        """Results of one evaluation: held-out sets {name: {"loss", "num_tokens"}} (`kind` "set") or
+        few-shot tasks {name: {"accuracy" (%), "num_samples", ...}} (`kind` "task")."""
         if not self.enabled:
             return
+        metric = {"set": "loss", "task": "accuracy"}[kind]
         for name, result in results.items():
-            self.eval_file.write(json.dumps({"step": step, "tokens": tokens, "set": name, **result}) + "\n")
+            self.eval_file.write(json.dumps({"step": step, "tokens": tokens, kind: name, **result}) + "\n")
             if self.writer is not None:
-                self.writer.add_scalar(f"eval/{name}/loss", result["loss"], step)
+                self.writer.add_scalar(f"eval/{name}/{metric}", result[metric], step)
         if self.wandb_run is not None:
-            self.wandb_run.log({f"eval/{name}/loss": result["loss"] for name, result in results.items()}, step=step)
+            self.wandb_run.log({f"eval/{name}/{metric}": result[metric] for name, result in results.items()}, step=step)
         self.eval_file.flush()
-        summary = ", ".join(f"{name} {r['loss']:.4f}" for name, r in results.items())
+        summary = ", ".join(f"{name} {metric} {r[metric]:.4g}" for name, r in results.items())
         self.message(f"eval at step {step}: {summary}")
 
     def message(self, text: str) -> None:
