@@ -1,7 +1,7 @@
-"""`python -m rho_jax.bench`: see `rho_jax.bench.step_bench`."""
+"""`python -m rho_jax.bench`: see `rho_jax.bench.cli`."""
 
 import sys
 
-from rho_jax.bench.step_bench import main
+from rho_jax.bench.cli import main
 
 sys.exit(main())

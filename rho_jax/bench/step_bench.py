@@ -240,7 +240,9 @@ def format_table(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rho_jax.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m rho_jax.bench", description=__doc__.split("\n\n")[0],
+        epilog="Other suites: python -m rho_jax.bench generate|decontaminate|embed --help (see rho_jax.bench.cli).")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model config (YAML or config.json)")
     parser.add_argument("--reference", type=Path, default=None, help="reference config (default: same as --model)")
     parser.add_argument("--batch", type=int, default=8)

@@ -125,11 +125,12 @@ class Attention(nnx.Module):
         self.implementation = opts.attention
 
     def __call__(self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-        q = apply_rotary(self.q_proj(x), cos, sin)
-        k = apply_rotary(self.k_proj(x), cos, sin)
-        v = self.v_proj(x)
-        out = attend(q, k, v, mask, self.implementation)
-        return self.o_proj(out)
+        q, k, v = self.project(x, cos, sin)
+        return self.o_proj(attend(q, k, v, mask, self.implementation))
+
+    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Rotated queries `[B, T, N, H]`, rotated keys and values `[B, T, K, H]` of `x [B, T, hidden]`."""
+        return apply_rotary(self.q_proj(x), cos, sin), apply_rotary(self.k_proj(x), cos, sin), self.v_proj(x)
 
 
 class MLP(nnx.Module):
@@ -244,7 +245,7 @@ class Llama(nnx.Module):
                 positions = positions_from_segments(segment_ids)
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg.rope_parameters, cfg.head_dim))
         mask = attention_mask(seq_len, segment_ids, cfg.sliding_window)
-        x = constrain_batch_axis(jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(opts.dtype))
+        x = constrain_batch_axis(self.embed(input_ids))
 
         graphdef, stacked = nnx.split(self.layers)
 
@@ -258,6 +259,10 @@ class Llama(nnx.Module):
             for i in range(cfg.num_hidden_layers):
                 x, _ = run_layer(x, jax.tree.map(lambda p, i=i: p[i], stacked))
         return self.norm(x)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Input embeddings of `input_ids` (any shape) in the compute dtype."""
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.options.dtype)
 
     def output_embedding(self) -> jax.Array:
         """LM-head matrix `[hidden, vocab]` (the transposed input embedding when tied)."""
