@@ -78,6 +78,14 @@ class ModelSource:
                 raise ValueError(f"init: {self.init} reads the model config from `path`; remove `config`.")
 
 
+def _check_positive(obj: Any, *names: str) -> None:
+    """Each named field of `obj` is null or a positive integer."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Global batch: `batch_size` sequences or `batch_tokens` tokens (a multiple of data.seq_len);
@@ -94,10 +102,7 @@ class TrainConfig:
         for first, second in (("batch_size", "batch_tokens"), ("total_tokens", "total_steps")):
             if (getattr(self, first) is None) == (getattr(self, second) is None):
                 raise ValueError(f"set exactly one of {first} and {second}.")
-        for name in ("batch_size", "batch_tokens", "total_tokens", "total_steps", "accumulation_steps"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        _check_positive(self, "batch_size", "batch_tokens", "total_tokens", "total_steps", "accumulation_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,21 +170,41 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalTaskConfig:
+    """A few-shot task scored during training (as `python -m rho_jax.evaluate run` does): its first
+    `limit` samples (null: all), greedy, up to `max_new_tokens` (null: the task's own, 1024 for the
+    shipped math tasks)."""
+
+    limit: int | None = 200
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "limit", "max_new_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Held-out sets (name -> source), each evaluated (mean loss over valid targets) every
-    `every_tokens` tokens (null: only at the start and the end) on at most `max_rows` packed rows,
-    `batch_size` rows at a time (null: the training batch size)."""
+    """What is evaluated every `every_tokens` tokens (null: only at the start and the end).
+
+    sets: held-out sets (name -> source), the mean loss over valid targets of at most `max_rows`
+      packed rows, `batch_size` rows at a time (null: the training batch size).
+    tasks: few-shot tasks (shipped task name or task YAML file -> EvalTaskConfig), accuracy of the
+      model's greedy answers; their test files are read from `task_data_dir` and their exemplar
+      files from `fewshot_dir`, as `evaluate run --data-dir/--fewshot-dir` do; `generation_batch_size`
+      prompts are generated at a time.
+    """
 
     sets: dict[str, SourceConfig] = dataclasses.field(default_factory=dict)
     every_tokens: int | None = None
     max_rows: int | None = 512
     batch_size: int | None = None
+    tasks: dict[str, EvalTaskConfig] = dataclasses.field(default_factory=dict)
+    task_data_dir: str | None = None
+    fewshot_dir: str | None = None
+    generation_batch_size: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("every_tokens", "max_rows", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer or null, got {value}.")
+        _check_positive(self, "every_tokens", "max_rows", "batch_size", "generation_batch_size")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ from jax.sharding import Mesh
 from rho_jax import slm
 from rho_jax.data import eval_batches, load_tokenizer, positioned_by_step, tokenizer_fingerprint, train_dataset
 from rho_jax.data.fingerprint import data_fingerprint
+from rho_jax.evaluation.in_training import TrainingTask, training_tasks
+from rho_jax.evaluation.tasks import TaskError
 from rho_jax.models import ModelConfig
 from rho_jax.models.hub import resolve_local_dir
 from rho_jax.sharding import BATCH_AXES, batch_sharding, make_mesh
@@ -98,6 +100,21 @@ class RunInputs:
     data_from: Callable[[int], Any]  # batch index -> iterator of this process's batches from there
     data_iterator: Any  # data_from(0): opened (every record validated) before anything is written
     eval_sets: dict[str, list[dict[str, np.ndarray]]]
+    eval_tasks: list[TrainingTask]  # few-shot tasks (eval.tasks), their samples built
+
+
+def check_eval_tasks(cfg: RunConfig, mesh: Mesh) -> list[TrainingTask]:
+    """The few-shot tasks of `eval.tasks`, every test and exemplar file read and checked."""
+    if not cfg.eval.tasks:
+        return []
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if cfg.eval.generation_batch_size % shards:
+        raise ConfigError(f"eval.generation_batch_size {cfg.eval.generation_batch_size} is not divisible by the {shards} "
+                          f"batch shards of the mesh (data x fsdp = {dict(mesh.shape)}).")
+    try:
+        return training_tasks(cfg.eval)
+    except TaskError as err:
+        raise ConfigError(f"eval.tasks: {err}") from err
 
 
 def preflight(cfg: RunConfig) -> RunInputs:
@@ -123,8 +140,10 @@ def preflight(cfg: RunConfig) -> RunInputs:
                            on_bad_record=cfg.data.on_bad_record)
         for name, source in cfg.eval.sets.items()
     }
+    eval_tasks = check_eval_tasks(cfg, mesh)
     tokenizer_dir = resolve_local_dir(cfg.data.tokenizer, "data.tokenizer", kind="tokenizer")
     return RunInputs(run_dir=run_dir, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, data_fingerprint=fingerprint,
                      model_config=model_config,
                      reference_config=reference_config, mesh=mesh, data_by_step=positioned_by_step(cfg.data),
-                     data_from=data_from, data_iterator=data_from(0), eval_sets=eval_sets)
+                     data_from=data_from, data_iterator=data_from(0), eval_sets=eval_sets,
+                     eval_tasks=eval_tasks)

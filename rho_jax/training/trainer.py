@@ -25,6 +25,7 @@ from rho_jax.batch import BATCH_KEYS
 from rho_jax.data import to_global_batch
 from rho_jax.data.scores import SCORE_FIELDS
 from rho_jax.evaluation.heldout import build_eval_step, evaluate
+from rho_jax.evaluation.in_training import TaskEvaluator
 from rho_jax.integrity import write_json_atomic
 from rho_jax.optimizer import learning_rate_schedule, make_optimizer
 from rho_jax.sharding import batch_sharding, param_shardings
@@ -63,6 +64,7 @@ class Trainer:
     checkpointer: Checkpointer
     eval_step: Any
     eval_sets: dict[str, list[dict[str, np.ndarray]]]
+    task_evaluator: TaskEvaluator | None
     resumed: bool
     stop_signal: str | None = None
 
@@ -87,9 +89,13 @@ class Trainer:
         batch_keys = BATCH_KEYS + (SCORE_FIELDS if cfg.precomputed_reference else ())
         step_fn = jit_train_step(step, shardings, ref_shardings, inputs.mesh, batch_keys)
         eval_step = build_eval_step(graphdef, inputs.mesh, cfg.slm.ce_chunk_size) if inputs.eval_sets else None
+        task_evaluator = (TaskEvaluator(inputs.eval_tasks, graphdef, inputs.tokenizer, inputs.mesh,
+                                        cfg.eval.generation_batch_size, inputs.run_dir, is_primary())
+                          if inputs.eval_tasks else None)
         return cls(cfg=cfg, run_dir=inputs.run_dir, mesh=inputs.mesh, state=state, tokens=tokens, step_fn=step_fn,
                    ref_params=ref_params, data_iterator=data_iterator, data_by_step=inputs.data_by_step,
-                   checkpointer=checkpointer, eval_step=eval_step, eval_sets=inputs.eval_sets, resumed=resumed)
+                   checkpointer=checkpointer, eval_step=eval_step, eval_sets=inputs.eval_sets,
+                   task_evaluator=task_evaluator, resumed=resumed)
 
     @property
     def step(self) -> int:
@@ -103,10 +109,18 @@ class Trainer:
         progress = {"step": self.step, "tokens": self.tokens, "seed": self.cfg.train.seed}
         self.checkpointer.save(self.state, progress, None if self.data_by_step else self.data_iterator)
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates anything (held-out sets or few-shot tasks)."""
+        return bool(self.eval_sets) or self.task_evaluator is not None
+
     def _evaluate(self, log_: TrainLog) -> None:
-        results = {name: evaluate(self.eval_step, self.state.params, batches, self.mesh)
-                   for name, batches in self.eval_sets.items()}
-        log_.evaluation(self.step, self.tokens, results)
+        if self.eval_sets:
+            results = {name: evaluate(self.eval_step, self.state.params, batches, self.mesh)
+                       for name, batches in self.eval_sets.items()}
+            log_.evaluation(self.step, self.tokens, results)
+        if self.task_evaluator is not None:
+            log_.evaluation(self.step, self.tokens, self.task_evaluator(self.state.params, self.step), kind="task")
 
     def _record(self, metrics: dict[str, Any], step: int, tokens: int, seconds: float) -> dict[str, Any]:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -141,14 +155,14 @@ class Trainer:
             log_.message(("Resuming" if self.resumed else "Starting") + f" at step {self.step} of {cfg.total_steps} "
                          f"({cfg.batch_size} x {cfg.data.seq_len} tokens per step) on {jax.device_count()} devices"
                          f"{processes} in {self.run_dir}")
-            if self.eval_sets and not self.resumed:
+            if self.evaluates and not self.resumed:
                 self._evaluate(log_)
             if self._loop(log_):
                 self.checkpointer.finish()
                 log_.message(f"{self.stop_signal}: saved a checkpoint at step {self.step}; "
                              "rerun the same command to resume.")
                 return STOPPED
-            if self.eval_sets:
+            if self.evaluates:
                 self._evaluate(log_)
             self.checkpointer.finish()  # the final checkpoint is committed before the run says it is done
             if is_primary():
@@ -197,7 +211,7 @@ class Trainer:
                 self._save()
             if stopping:
                 return True
-            if self.eval_sets and cfg.eval.every_tokens and not last and interval_crossed(
+            if self.evaluates and cfg.eval.every_tokens and not last and interval_crossed(
                     before, self.tokens, cfg.eval.every_tokens):
                 self._evaluate(log_)
 
