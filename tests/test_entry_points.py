@@ -19,10 +19,13 @@ ENTRY_POINTS = {
     "rho_jax.score": "rho_jax.score",
     "rho_jax.analyze": "rho_jax.analyze",
     "rho_jax.convert": "rho_jax.convert",
-    "rho_jax.bench": "rho_jax.bench.step_bench",
+    "rho_jax.bench": "rho_jax.bench.cli",
     "rho_jax.quickstart": "rho_jax.quickstart.cli",
     "rho_jax.data.prepare": "rho_jax.data.prepare",
     "rho_jax.demo": "rho_jax.demo",
+    "rho_jax.generate": "rho_jax.generate",
+    "rho_jax.evaluate": "rho_jax.evaluate",
+    "rho_jax.curate": "rho_jax.curate",
 }
 COMMAND = re.compile(r"python -m (rho_jax(?:\.\w+)*)(.*)")
 FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
