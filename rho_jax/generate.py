@@ -31,6 +31,7 @@ import jax
 
 from rho_jax.generation import SamplingParams, load_generator
 from rho_jax.generation.loading import generation_source, generation_tokenizer
+from rho_jax.jsonl import json_objects
 from rho_jax.sharding import MeshConfig, make_mesh
 from rho_jax.training.cluster import add_cluster_arguments, detect_cluster, initialize, is_primary
 
@@ -89,21 +90,13 @@ def read_prompt_rows(path: Path, chat: bool) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"prompts file {path} does not exist.")
     key = "messages" if chat else "prompt"
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON: {err}") from err
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}.")
+    for where, row in json_objects(path):
         value = row.get(key)
         valid = isinstance(value, str) and value if not chat else isinstance(value, list) and value and all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
         if not valid:
             wanted = ("a non-empty `messages` list of {role, content} objects" if chat else "a non-empty `prompt` string")
-            raise ValueError(f"{path}:{number}: the row needs {wanted}" + ("" if chat or "messages" not in row
+            raise ValueError(f"{where}: the row needs {wanted}" + ("" if chat or "messages" not in row
                                                                            else " (it has `messages`: pass --chat)"))
         rows.append(row)
     if not rows:

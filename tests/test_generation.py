@@ -462,7 +462,7 @@ def test_cli_refuses_bad_input_before_loading_the_model(tiny_hf_dir, tmp_path, c
     base = ["--model", model, "--prompts", str(prompts), "--output", str(tmp_path / "out.jsonl")]
     cases = [
         ([], None, "prompts file .* does not exist"),
-        ([], [{"prompt": "fine"}, {"text": "no prompt"}], r"prompts.jsonl:2: the row needs a non-empty `prompt` string"),
+        ([], [{"prompt": "fine"}, {"text": "no prompt"}], r"prompts.jsonl, line 2: the row needs a non-empty `prompt` string"),
         ([], [{"messages": [{"role": "user", "content": "hi"}]}], "pass --chat"),
         (["--temperature", "-1"], [{"prompt": "x"}], "temperature must be a number >= 0"),
         (["--top-p", "0"], [{"prompt": "x"}], r"top_p must be a number in \(0, 1\]"),

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from rho_jax.curation.ngrams import NGRAM_SCHEME, DecontaminationError, NGramSettings, batch_ngram_hashes
+from rho_jax.jsonl import json_objects
 
 __all__ = ["EvalItem", "NGramIndex", "build_index", "items_from_jsonl", "items_from_tasks", "uncovered_items"]
 
@@ -74,31 +75,22 @@ def items_from_jsonl(path: Path, fields: Sequence[str], task: str | None = None)
     if not fields:
         raise DecontaminationError("give at least one field to index (--field question,answer)")
     items = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DecontaminationError(f"{path}, line {number}: not valid JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise DecontaminationError(f"{path}, line {number}: a row must be a JSON object")
-            parts = []
-            for name in fields:
-                if name not in row:
-                    raise DecontaminationError(f"{path}, line {number}: no field {name!r} (the row has "
-                                               f"{', '.join(map(str, row)) or 'no fields'})")
-                value = row[name]
-                if isinstance(value, list) and all(isinstance(part, str) for part in value):
-                    value = "\n".join(value)
-                if not isinstance(value, str):
-                    raise DecontaminationError(f"{path}, line {number}: field {name!r} must be a string or a list of "
-                                               f"strings, got {type(value).__name__}")
-                parts.append(value)
-            idx = row.get("idx", row.get("id", len(items)))
-            items.append(EvalItem(task or path.name.split(".")[0], idx if isinstance(idx, int | str) else len(items),
-                                  "\n".join(parts)))
+    for where, row in json_objects(path, DecontaminationError):
+        parts = []
+        for name in fields:
+            if name not in row:
+                raise DecontaminationError(f"{where}: no field {name!r} (the row has "
+                                           f"{', '.join(map(str, row)) or 'no fields'})")
+            value = row[name]
+            if isinstance(value, list) and all(isinstance(part, str) for part in value):
+                value = "\n".join(value)
+            if not isinstance(value, str):
+                raise DecontaminationError(f"{where}: field {name!r} must be a string or a list of "
+                                           f"strings, got {type(value).__name__}")
+            parts.append(value)
+        idx = row.get("idx", row.get("id", len(items)))
+        items.append(EvalItem(task or path.name.split(".")[0], idx if isinstance(idx, int | str) else len(items),
+                              "\n".join(parts)))
     return items
 
 

@@ -11,7 +11,6 @@ Task specs are YAML files (`task_config`); the shipped ones are in `task_specs/`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from rho_jax.evaluation import task_rules
 from rho_jax.evaluation.prompts import build_prompt, read_exemplar_file, render_query
 from rho_jax.evaluation.task_config import DataSource, TaskError, TaskSpec, load_task, shipped_task_names
+from rho_jax.jsonl import json_objects
 
 __all__ = ["Sample", "TaskError", "TaskSpec", "build_samples", "load_task", "shipped_task_names"]
 
@@ -42,19 +42,7 @@ class _Row:
 
 
 def _read_jsonl(path: Path) -> list[_Row]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskError(f"{path}, line {number}: not valid JSON ({err})") from None
-            if not isinstance(data, dict):
-                raise TaskError(f"{path}, line {number}: a row must be a JSON object, got {type(data).__name__}")
-            rows.append(_Row(f"{path}, line {number}", data))
-    return rows
+    return [_Row(where, data) for where, data in json_objects(path, TaskError)]
 
 
 def _read_hf(source: DataSource, task: str) -> list[_Row]:

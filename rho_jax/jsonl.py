@@ -1,0 +1,25 @@
+"""Reading user-given JSON-lines files: one JSON object per non-blank line, errors naming file and line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def json_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`"<path>, line <n>"`, object) for each non-blank line of `path`; a line that is not valid JSON or
+    not a JSON object raises `error` naming the file and the line."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{where}: not valid JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise error(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+            yield where, row
