@@ -2,9 +2,14 @@
 
     python -m rho_jax.convert to-orbax HF_DIR OUT_DIR [--param-dtype float32]
     python -m rho_jax.convert to-hf RHO_DIR OUT_DIR [--dtype bfloat16] [--max-shard-size 5GB]
+    python -m rho_jax.convert to-peft LORA_DIR OUT_DIR [--base-model NAME] [--dtype float32]
+    python -m rho_jax.convert merge ADAPTER_DIR BASE_DIR OUT_DIR [--dtype bfloat16]
 
 RHO_DIR is a rho_jax model directory, a training run directory (its newest checkpoint is exported)
-or one checkpoint of a run (`<run>/checkpoints/<step>`).
+or one checkpoint of a run (`<run>/checkpoints/<step>`). LORA_DIR is a rho_jax LoRA adapter
+directory (`lora_config.json` + `lora.safetensors`); `to-peft` writes it as a PEFT adapter
+directory. `merge` folds an adapter (PEFT or rho_jax) into its base model (an HF or rho_jax model
+directory) and writes a full HF model.
 
 Tokenizer files in the source directory are copied along. No network access, no torch.
 """
@@ -12,6 +17,7 @@ Tokenizer files in the source directory are copied along. No network access, no 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -20,7 +26,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from rho_jax.models import load_hf, load_orbax, save_hf, save_orbax
+from rho_jax.models import Llama, load_hf, load_orbax, save_hf, save_orbax
+from rho_jax.models.lora import LoraAdapter, merge_lora
+from rho_jax.models.lora_io import is_lora_dir, load_lora
+from rho_jax.models.lora_peft import load_peft, save_peft
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.sharding import MeshConfig, make_mesh
 from rho_jax.training.config import ModelSource
@@ -57,14 +66,66 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf.add_argument("output", type=Path, help="new or empty directory (or an earlier HF export)")
     to_hf.add_argument("--dtype", type=parse_dtype, default=None, help="stored dtype (default: as in the source)")
     to_hf.add_argument("--max-shard-size", type=parse_size, default="5GB", help="split safetensors above this size")
+    to_peft = sub.add_parser("to-peft", help="rho_jax LoRA adapter directory -> PEFT adapter directory")
+    to_peft.add_argument("source", type=Path, help="a rho_jax LoRA adapter directory (lora_config.json + lora.safetensors)")
+    to_peft.add_argument("output", type=Path, help="new or empty directory (or an earlier export)")
+    to_peft.add_argument("--base-model", default=None, help="base_model_name_or_path recorded in adapter_config.json")
+    to_peft.add_argument("--dtype", type=parse_dtype, default="float32", help="stored dtype of the adapter tensors")
+    merge = sub.add_parser("merge", help="LoRA adapter + base model -> full HF model directory")
+    merge.add_argument("adapter", type=Path, help="a PEFT adapter directory or a rho_jax LoRA adapter directory")
+    merge.add_argument("source", type=Path, help="the base model: an HF model directory or a rho_jax model directory")
+    merge.add_argument("output", type=Path, help="new or empty directory (or an earlier HF export)")
+    merge.add_argument("--dtype", type=parse_dtype, default=None,
+                       help="stored dtype (default: the base's, from its config.json)")
+    merge.add_argument("--max-shard-size", type=parse_size, default="5GB", help="split safetensors above this size")
     return parser
+
+
+def _load_base(path: Path) -> Llama:
+    """An HF or rho_jax (orbax) model directory, in float32 so that a merge is computed in float32."""
+    if is_orbax_model_dir(path):
+        return load_orbax(path, param_dtype=jnp.float32)
+    return load_hf(path)
+
+
+def _stored_dtype(path: Path) -> str:
+    """The parameter dtype a model directory's config.json records (`dtype` or `torch_dtype`), else float32."""
+    config = json.loads((path / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def _load_adapter(path: Path, model: Llama) -> LoraAdapter:
+    """A rho_jax or PEFT adapter directory, checked against `model`."""
+    adapter = load_lora(path) if is_lora_dir(path) else load_peft(path, model.config)
+    adapter.check_compatible(model.config)
+    return adapter
+
+
+def _to_peft(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    try:
+        adapter = load_lora(args.source)
+        save_peft(adapter, args.output, base_model_name_or_path=args.base_model, dtype=args.dtype)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.source} -> {args.output}: LoRA on {', '.join(adapter.spec.targets)}, {time.perf_counter() - start:.1f}s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.direction == "to-peft":
+        return _to_peft(args)
     start = time.perf_counter()
     try:
-        if args.direction == "to-orbax":
+        if args.direction == "merge":
+            base = _load_base(args.source)
+            model = merge_lora(base, _load_adapter(args.adapter, base))
+            save_hf(model, args.output, dtype=args.dtype or _stored_dtype(args.source),
+                    max_shard_bytes=args.max_shard_size, tokenizer_from=args.source)
+        elif args.direction == "to-orbax":
             model = load_hf(args.source, param_dtype=jnp.dtype(args.param_dtype))
             save_orbax(model, args.output, tokenizer_from=args.source)
         else:
