@@ -26,6 +26,7 @@ ENTRY_POINTS = {
     "rho_jax.generate": "rho_jax.generate",
     "rho_jax.evaluate": "rho_jax.evaluate",
     "rho_jax.curate": "rho_jax.curate",
+    "rho_jax.synthesize": "rho_jax.synthesize",
 }
 COMMAND = re.compile(r"python -m (rho_jax(?:\.\w+)*)(.*)")
 FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -5,6 +5,7 @@
     python -m rho_jax.bench decontaminate [flags]   n-gram decontamination vs lm-eval's Janitor
                                                     (`rho_jax.bench.decontamination_bench`)
     python -m rho_jax.bench embed [flags]           document embedding throughput (`rho_jax.bench.embedding_bench`)
+    python -m rho_jax.bench loop [flags]            the trainer's tokens/s vs its bare step (`rho_jax.bench.loop_bench`)
 
 `python -m rho_jax.bench SUITE --help` lists a suite's flags.
 """
@@ -21,6 +22,8 @@ SUITES = {
     "generate": "rho_jax.bench.generation_bench",
     "decontaminate": "rho_jax.bench.decontamination_bench",
     "embed": "rho_jax.bench.embedding_bench",
+    "loop": "rho_jax.bench.loop_bench",
+    "synthesize": "rho_jax.bench.synthesis_bench",
 }
 
 
