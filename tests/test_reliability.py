@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,7 +180,9 @@ def test_a_full_disk_stops_the_run_and_keeps_the_earlier_checkpoint(tmp_path, sm
     run = small_disk / "run"
     assert main(["--config", str(config), f"output_dir={run}"]) == 1
     err = capsys.readouterr().err
-    assert "checkpoint step 5" in err and "The earlier checkpoints are intact (newest: step 3)" in err
+    # The save at step 5 hits the full disk in the background; whether that failure surfaces first or
+    # the free-space check before step 8's save refuses first depends on timing. Either way step 3 stays.
+    assert re.search(r"checkpoint step [58]\b", err) and "The earlier checkpoints are intact (newest: step 3)" in err
     assert not (run / "done.json").exists() and checkpoint_steps(run) == [3]
     manifest = run / "checkpoint_manifests" / "3.json"  # absent when the disk was full before it was written
     if manifest.exists():

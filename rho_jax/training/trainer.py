@@ -2,10 +2,15 @@
 jitted steps), then its loop: step, log, evaluate, checkpoint, stop on a signal or a NaN.
 
 Rerunning the same run resumes from the newest complete checkpoint. SIGTERM (preemption) or Ctrl-C
-saves a checkpoint after the current step and `run` returns `STOPPED` (75: rerun to resume). A
-NaN/Inf loss raises `TrainingDiverged` without saving; the last good checkpoint stays as it was.
-On several processes all take part in checkpoint saves; only process 0 writes the run's other files
-and prints progress; a stop signal reaching any process stops them all after the same step.
+saves a checkpoint after the current step (on several processes, which agree one step late: after
+the next one) and `run` returns `STOPPED` (75: rerun to resume). A NaN/Inf loss raises
+`TrainingDiverged` without saving (a step's metrics are checked before it is saved; otherwise one
+step late); the last good checkpoint stays as it was. On several processes all take part in
+checkpoint saves; only process 0 writes the run's other files and prints progress; a stop signal
+reaching any process stops them all after the same step.
+
+The loop keeps the devices busy: the host dispatches step N, then prepares and transfers batch N+1
+and reads step N-1's metrics while step N runs (see `Trainer._loop`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from rho_jax.integrity import write_json_atomic
 from rho_jax.optimizer import learning_rate_schedule, make_optimizer
 from rho_jax.sharding import batch_sharding, param_shardings
 from rho_jax.step import TrainState, build_train_step, jit_train_step, new_train_state, state_shardings
+from rho_jax.training.agreement import LateAgreement
 from rho_jax.training.checkpoint import Checkpointer, interval_crossed
 from rho_jax.training.checkpoint_errors import CheckpointSaveFailed
-from rho_jax.training.cluster import any_processes, barrier, is_primary
+from rho_jax.training.cluster import barrier, is_primary
 from rho_jax.training.config import RunConfig
 from rho_jax.training.model_sources import load_params, model_graph
 from rho_jax.training.preflight import RunInputs, preflight
@@ -66,7 +72,9 @@ class Trainer:
     eval_sets: dict[str, list[dict[str, np.ndarray]]]
     task_evaluator: TaskEvaluator | None
     resumed: bool
+    step: int  # steps taken, counted on the host (equal to `state.step` once the dispatched steps ran)
     stop_signal: str | None = None
+    save_failure: CheckpointSaveFailed | None = None  # a failed background save not yet agreed on
 
     @classmethod
     def setup(cls, cfg: RunConfig) -> Trainer:
@@ -95,11 +103,7 @@ class Trainer:
         return cls(cfg=cfg, run_dir=inputs.run_dir, mesh=inputs.mesh, state=state, tokens=tokens, step_fn=step_fn,
                    ref_params=ref_params, data_iterator=data_iterator, data_by_step=inputs.data_by_step,
                    checkpointer=checkpointer, eval_step=eval_step, eval_sets=inputs.eval_sets,
-                   task_evaluator=task_evaluator, resumed=resumed)
-
-    @property
-    def step(self) -> int:
-        return int(self.state.step)
+                   task_evaluator=task_evaluator, resumed=resumed, step=int(state.step))
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
         self.stop_signal = signal.Signals(signum).name
@@ -122,8 +126,11 @@ class Trainer:
         if self.task_evaluator is not None:
             log_.evaluation(self.step, self.tokens, self.task_evaluator(self.state.params, self.step), kind="task")
 
-    def _record(self, metrics: dict[str, Any], step: int, tokens: int, seconds: float) -> dict[str, Any]:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    def _record(self, output: _StepOutput, seconds: float) -> dict[str, Any]:
+        """The log record of a finished step (waits for its metrics); `TrainingDiverged` if its loss is
+        not finite. `seconds`: the time since the previous step's metrics were read."""
+        step, tokens = output.step, output.tokens
+        values = {k: float(v) for k, v in jax.device_get(output.metrics).items()}
         if not math.isfinite(values["loss_selected"]) or not math.isfinite(values["loss_all"]):
             last = self.checkpointer.latest_step()
             raise TrainingDiverged(
@@ -175,45 +182,86 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _stop_agreed(self) -> bool:
-        """Whether any process has received a stop signal (so that all stop after the same step).
+    def _stop_agreed(self, agreement: LateAgreement) -> bool:
+        """Whether the processes agreed to stop (a stop signal on any of them; all stop after the same
+        step). On several processes this is the agreement on the flags raised up to the previous call
+        (`LateAgreement`: no wait for the running step), on one process those raised up to now.
         A background checkpoint save that failed on any process raises `CheckpointSaveFailed` on all."""
-        failure = None
-        try:
-            self.checkpointer.poll()
-        except CheckpointSaveFailed as err:
-            failure = err
-        stopping, failed = any_processes(self.stop_signal is not None, failure is not None)
+        if self.save_failure is None:
+            try:
+                self.checkpointer.poll()
+            except CheckpointSaveFailed as err:
+                self.save_failure = err
+        stopping, failed = agreement.exchange(self.stop_signal is not None, self.save_failure is not None)
         if failed:
-            raise failure or CheckpointSaveFailed("a checkpoint save failed on another process (see its output); "
-                                                  "the earlier checkpoints are intact. Rerun to resume.")
+            raise self.save_failure or CheckpointSaveFailed(
+                "a checkpoint save failed on another process (see its output); the earlier checkpoints are intact. "
+                "Rerun to resume.")
         if stopping and self.stop_signal is None:
             self.stop_signal = "a stop signal on another process"
         return stopping
 
     def _loop(self, log_: TrainLog) -> bool:
         """Train to the last step; True if all processes agreed to stop earlier (a stop signal).
-        A signal arriving after the last step's agreement is ignored, on every process alike."""
+        A signal arriving after the last step's agreement is ignored, on every process alike.
+
+        The host never waits for the step it has just dispatched: while step N runs, it reads the
+        next batch and starts its transfer, then fetches, checks (NaN) and logs step N-1's metrics.
+        Step numbers, tokens, checkpoint and eval decisions come from host-side counters. A step that
+        is saved (interval, last, stop) has its own metrics checked first, and the next batch is only
+        drawn after the save, so a saved data position is the saved step's.
+        """
         cfg = self.cfg
         sharding = batch_sharding(self.mesh)
-        clock = time.perf_counter()
-        while self.step < cfg.total_steps:
-            batch = to_global_batch(next(self.data_iterator), sharding)
+        agreement = LateAgreement(2)
+        clock = _Clock()
+        batch = to_global_batch(next(self.data_iterator), sharding)
+        previous: _StepOutput | None = None
+        while True:
             self.state, metrics = self.step_fn(self.state, batch, self.ref_params)
             before, self.tokens = self.tokens, self.tokens + cfg.tokens_per_step
-            step = self.step
-            now = time.perf_counter()
-            log_.step(self._record(metrics, step, self.tokens, now - clock))
-            clock = now
-            last = step >= cfg.total_steps
-            stopping = self._stop_agreed()
-            if last or stopping or interval_crossed(before, self.tokens, cfg.checkpoint.every_tokens):
+            self.step += 1
+            current = _StepOutput(self.step, self.tokens, metrics)
+            last = self.step >= cfg.total_steps
+            stopping = self._stop_agreed(agreement)
+            save = last or stopping or interval_crossed(before, self.tokens, cfg.checkpoint.every_tokens)
+            if not save:
+                batch = to_global_batch(next(self.data_iterator), sharding)  # transfers while the step runs
+            if previous is not None:
+                log_.step(self._record(previous, clock.lap()))
+            previous = current
+            if save:
+                log_.step(self._record(current, clock.lap()))
+                previous = None
                 self._save()
-            if stopping:
-                return True
-            if self.evaluates and cfg.eval.every_tokens and not last and interval_crossed(
-                    before, self.tokens, cfg.eval.every_tokens):
+                if stopping:
+                    return True
+                if last:
+                    return False
+                batch = to_global_batch(next(self.data_iterator), sharding)
+            if self.evaluates and cfg.eval.every_tokens and interval_crossed(before, self.tokens, cfg.eval.every_tokens):
                 self._evaluate(log_)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepOutput:
+    """A dispatched step: its number and tokens seen after it (host counters), its metrics (device arrays)."""
+
+    step: int
+    tokens: int
+    metrics: dict[str, Any]
+
+
+class _Clock:
+    """Seconds between successive `lap` calls (the first lap counts from construction)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
 
 
 def _restore_or_init(cfg: RunConfig, inputs: RunInputs, checkpointer: Checkpointer, optimizer: Any,
