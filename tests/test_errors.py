@@ -221,7 +221,8 @@ def test_legacy_rope_layout_is_understood():
     [
         (dict(dtype="int8"), "dtype must be a floating dtype"),
         (dict(param_dtype="float33"), "param_dtype: 'float33' is not a dtype name"),
-        (dict(attention="flash"), r"attention must be one of \('auto', 'grouped', 'xla', 'cudnn'\)"),
+        (dict(attention="flashy"),
+         r"attention must be one of \('auto', 'grouped', 'xla', 'cudnn', 'blockwise', 'flash', 'splash'\)"),
     ],
 )
 def test_invalid_model_options(options, message):

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rho_jax.models.attention import attend
 from rho_jax.models.config import ModelConfig
-from rho_jax.models.llama import DecoderLayer, Llama, attention_mask
+from rho_jax.models.llama import DecoderLayer, Llama, document_mask
 from rho_jax.models.rope import inverse_frequencies, rotary_cos_sin
 from rho_jax.sharding import BATCH_AXES, constrain_batch_axis, logical_to_spec
 
@@ -134,7 +134,7 @@ def prefill(model: Llama, input_ids: jax.Array, lengths: jax.Array, cache_length
     batch, seq_len = input_ids.shape
     positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
     cos, sin = _rotary(model, positions)
-    mask = attention_mask(seq_len, None, cfg.sliding_window)
+    mask = document_mask(None, cfg.sliding_window)
 
     def step(layer: DecoderLayer, x: jax.Array, index: jax.Array):
         q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rho_jax.models.attention import ATTENTION_IMPLEMENTATIONS, attend
+from rho_jax.models.attention_kernels.mask import DocumentMask
 from rho_jax.models.config import ModelConfig
 from rho_jax.models.remat import REMAT_POLICIES, remat_layer
 from rho_jax.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
@@ -33,8 +34,9 @@ class ModelOptions:
     param_dtype: storage dtype of parameters (float32 master weights by default).
     scan_layers: iterate layers with `jax.lax.scan` (fast compile) instead of an unrolled loop.
     remat: a name from `REMAT_POLICIES` applied to each decoder layer.
-    attention: one of `ATTENTION_IMPLEMENTATIONS` (see `rho_jax.models.attention`): "auto" (the
-      head-major XLA formulation on CPU, JAX's choice elsewhere), "grouped", "xla", "cudnn".
+    attention: one of `ATTENTION_IMPLEMENTATIONS` (see `rho_jax.models.attention`): "auto" (splash
+      on TPU, flash on GPU, grouped or blockwise by sequence length on CPU), "grouped", "xla",
+      "cudnn", "blockwise", "flash", "splash".
     """
 
     dtype: Any = jnp.float32
@@ -124,7 +126,7 @@ class Attention(nnx.Module):
         self.o_proj = _projection((n, h), d, ("heads", "head_dim", "embed"), bias, cfg, opts, rngs)
         self.implementation = opts.attention
 
-    def __call__(self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: DocumentMask, cos: jax.Array, sin: jax.Array) -> jax.Array:
         q, k, v = self.project(x, cos, sin)
         return self.o_proj(attend(q, k, v, mask, self.implementation))
 
@@ -155,7 +157,7 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts)
         self.mlp = MLP(cfg, opts, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: DocumentMask, cos: jax.Array, sin: jax.Array) -> jax.Array:
         x = x + self.self_attn(self.input_layernorm(x), mask, cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -183,17 +185,15 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
 
 def attention_mask(seq_len: int, segment_ids: jax.Array | None, sliding_window: int | None) -> jax.Array:
     """Boolean mask `[batch|1, 1, seq, seq]`: key j is visible to query i iff j <= i, both lie in
-    the same document (`document_index`), and (with a sliding window w) i - j < w."""
-    i = jnp.arange(seq_len)[:, None]
-    j = jnp.arange(seq_len)[None, :]
-    visible = j <= i
-    if sliding_window is not None:
-        visible &= i - j < sliding_window
-    visible = visible[None, None]
-    if segment_ids is not None:
-        docs = document_index(segment_ids)
-        visible = visible & (docs[:, None, :, None] == docs[:, None, None, :])
-    return visible
+    the same document (`document_index`), and (with a sliding window w) i - j < w: the dense form
+    of `document_mask`."""
+    return document_mask(segment_ids, sliding_window).dense(seq_len)
+
+
+def document_mask(segment_ids: jax.Array | None, sliding_window: int | None) -> DocumentMask:
+    """The causal mask within the documents of `segment_ids` (`document_index`) and the sliding window,
+    in the structured form the attention kernels take."""
+    return DocumentMask(None if segment_ids is None else document_index(segment_ids), sliding_window)
 
 
 class Llama(nnx.Module):
@@ -244,7 +244,7 @@ class Llama(nnx.Module):
             else:
                 positions = positions_from_segments(segment_ids)
         cos, sin = rotary_cos_sin(positions, inverse_frequencies(cfg.rope_parameters, cfg.head_dim))
-        mask = attention_mask(seq_len, segment_ids, cfg.sliding_window)
+        mask = document_mask(segment_ids, cfg.sliding_window)
         x = constrain_batch_axis(self.embed(input_ids))
 
         graphdef, stacked = nnx.split(self.layers)
