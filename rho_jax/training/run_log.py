@@ -12,6 +12,7 @@ import math
 import secrets
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,16 @@ def _ignore_closed_event_loops(unraisable: Any, previous: Any = sys.unraisableho
 
 
 class _DropOrbaxTaskErrors(logging.Filter):
-    """asyncio reports each failed orbax write task ("Task exception was never retrieved", with its
-    traceback) when the task is garbage collected; the same failure reaches the trainer."""
+    """asyncio reports each failed orbax write task or gathering future ("Task exception was never
+    retrieved", "_GatheringFuture exception was never retrieved", with its traceback) when it is garbage
+    collected; the same failure reaches the trainer."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Task exception was never retrieved") and "/orbax/" in message)
+        if not message.split("\n", 1)[0].endswith("exception was never retrieved"):
+            return True
+        details = message + ("".join(traceback.format_exception(*record.exc_info)) if record.exc_info else "")
+        return "/orbax/" not in details and ".orbax-checkpoint-tmp/" not in details
 
 
 def quiet_background_errors() -> None:
