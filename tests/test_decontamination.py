@@ -6,7 +6,6 @@ stand-in sbatch, Ray, the embedding stage, and bad input. All data are made up h
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datatrove.executor import LocalPipelineExecutor
+from slurm_stand_in import slurm_stand_in
 
 from rho_jax.curation import ngrams
 from rho_jax.curation.decontaminate_cli import main as decontaminate_main
@@ -510,29 +510,11 @@ def test_a_killed_run_resumes_without_redoing_finished_tasks(tmp_path):
     assert outputs(uninterrupted)["excluded"] and outputs(uninterrupted)["report"]
 
 
-FAKE_SBATCH = r"""#!/usr/bin/env bash
-# A stand-in for sbatch: logs its arguments, keeps the submitted script, answers with a job id.
-echo "$*" >> "$FAKE/sbatch_calls"
-count=$(wc -l < "$FAKE/sbatch_calls")
-cp "${@: -1}" "$FAKE/job_$count.sh"
-echo "Submitted batch job $((41 + count))"
-"""
-FAKE_SRUN = r"""#!/usr/bin/env bash
-# A stand-in for srun: drops its options (-l, -n N) and runs the command.
-while [[ $1 == -* ]]; do [[ $1 == -n ]] && shift; shift; done
-exec "$@"
-"""
-
-
 @pytest.mark.slow
 def test_slurm_submission_against_a_stand_in_sbatch_then_the_jobs_run_the_same_pipeline(tmp_path):
     index, corpus = small_corpus(tmp_path, files=2)
     fake = tmp_path / "fake"
-    fake.mkdir()
-    for name, body in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("scontrol", "#!/usr/bin/env bash\necho localhost\n")):
-        (fake / name).write_text(body)
-        (fake / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}", "FAKE": str(fake)}
+    env = slurm_stand_in(fake)
     output = tmp_path / "out"
     submit = subprocess.run([sys.executable, "-m", "rho_jax.curate", "decontaminate", "run", "--index", str(index),
                              "--input", str(corpus), "--output", str(output), "--mode", "drop", "--executor", "slurm",

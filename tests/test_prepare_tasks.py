@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
+from slurm_stand_in import slurm_stand_in
 
 from rho_jax.data import DataConfig, SourceConfig, eval_batches, load_tokenizer, prepared, train_dataset
 from rho_jax.data.packing import source_rows
@@ -237,28 +238,10 @@ def test_a_killed_prepare_resumes_by_task(tokenizer_dir, corpus, tmp_path):
     assert not work.exists()
 
 
-FAKE_SBATCH = r"""#!/usr/bin/env bash
-# A stand-in for sbatch: logs its arguments, keeps the submitted script, answers with a job id.
-echo "$*" >> "$FAKE/sbatch_calls"
-count=$(wc -l < "$FAKE/sbatch_calls")
-cp "${@: -1}" "$FAKE/job_$count.sh"
-echo "Submitted batch job $((41 + count))"
-"""
-FAKE_SRUN = r"""#!/usr/bin/env bash
-# A stand-in for srun: drops its options (-l, -n N) and runs the command.
-while [[ $1 == -* ]]; do [[ $1 == -n ]] && shift; shift; done
-exec "$@"
-"""
-
-
 @pytest.mark.slow
 def test_slurm_submits_a_job_array_and_a_rerun_publishes_what_the_jobs_wrote(tokenizer_dir, corpus, tmp_path):
     fake = tmp_path / "fake"
-    fake.mkdir()
-    for name, body in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("scontrol", "#!/usr/bin/env bash\necho localhost\n")):
-        (fake / name).write_text(body)
-        (fake / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}", "FAKE": str(fake)}
+    env = slurm_stand_in(fake)
     output = tmp_path / "out"
     command = [sys.executable, "-m", "rho_jax.data.prepare", f"--tokenizer={tokenizer_dir}", f"--seq_len={SEQ_LEN}",
                f"--output={output}", "--prompt_field=question", f"--rows_per_shard={ROWS_PER_SHARD}", "--executor=slurm",

@@ -19,6 +19,7 @@ import pytest
 from datatrove.executor import LocalPipelineExecutor
 from flax import nnx
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from slurm_stand_in import slurm_stand_in
 
 from rho_jax.analysis.models import model_source
 from rho_jax.bench.embedding_bench import main as bench_main
@@ -523,30 +524,11 @@ def test_annotate_cli_with_a_real_model(tiny_model, tmp_path):
     assert all(json.loads(line)["status"] in (UNPARSEABLE, OUT_OF_RANGE) for line in rejected)
 
 
-_STAND_IN_SBATCH = r"""#!/usr/bin/env bash
-# Stands in for sbatch: records its arguments, keeps the job script, answers with a job id.
-echo "$*" >> "$STAND_IN/calls"
-cp "${@: -1}" "$STAND_IN/job_$(wc -l < "$STAND_IN/calls").sh"
-echo "Submitted batch job 7$(wc -l < "$STAND_IN/calls")"
-"""
-_STAND_IN_SRUN = r"""#!/usr/bin/env bash
-# Stands in for srun: skips its options and runs the command.
-while [[ $1 == -* ]]; do [[ $1 == -n ]] && shift; shift; done
-exec "$@"
-"""
-
-
 @pytest.mark.slow
 def test_filter_under_slurm_runs_the_same_pipeline(trained, tiny_model, tmp_path):
     _, corpus, classifier_dir = trained
     stand_in = tmp_path / "bin"
-    stand_in.mkdir()
-    scontrol = "#!/usr/bin/env bash\necho localhost\n"
-    for name, body in (("sbatch", _STAND_IN_SBATCH), ("srun", _STAND_IN_SRUN), ("scontrol", scontrol)):
-        (stand_in / name).write_text(body)
-        (stand_in / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{stand_in}:{Path(sys.executable).parent}:{os.environ['PATH']}", "STAND_IN": str(stand_in),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = slurm_stand_in(stand_in, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     command = ["filter", "--corpus", str(corpus), "--model", str(tiny_model), "--classifier", str(classifier_dir),
                "--output", str(tmp_path / "out"), "--batch-size", "8", "--executor", "slurm", "--partition", "gpu",
                "--tasks", "2", "--gpus-per-task", "1", "--time", "2:00:00"]
@@ -560,11 +542,11 @@ def test_filter_under_slurm_runs_the_same_pipeline(trained, tiny_model, tmp_path
         assert f"#SBATCH {directive}\n" in job, directive
     for task in ("0", "1"):  # the cluster runs the job array
         ran = subprocess.run(["bash", str(stand_in / "job_1.sh")], env={**env, "SLURM_ARRAY_TASK_ID": task,
-                             "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "71"}, capture_output=True, text=True,
+                             "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "42"}, capture_output=True, text=True,
                              timeout=300, cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr[-2000:]
     assert quality_main(command) == 0  # every task is done: nothing is submitted, the report is written
-    assert len((stand_in / "calls").read_text().splitlines()) == 2  # the array and datatrove's stats merge, once
+    assert len((stand_in / "sbatch_calls").read_text().splitlines()) == 2  # the array and datatrove's stats merge, once
     expected = _expected_scores(corpus, tiny_model, classifier_dir)
     cutoff = QualityClassifier.load(classifier_dir).decision_score
     assert {d["id"] for d in _read_shards(tmp_path / "out" / "kept")} == {i for i, s in expected.items() if s >= cutoff}

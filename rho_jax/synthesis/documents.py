@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 from pathlib import Path
+
+from rho_jax.jsonl import json_objects
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -56,19 +57,7 @@ def _records(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON object ({e}).") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: each line must be a JSON object with a 'text' string.")
-            records.append(record)
-    return records
+    return [record for _, record in json_objects(path)]
 
 
 def read_shard(path: Path) -> list[Document]:
