@@ -267,6 +267,10 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             damage = self._damage(step)
+            # A collective: no process moves a damaged checkpoint while another may still be listing or
+            # reading it (e.g. orbax's manager reading its metadata), and all stop together.
+            if any_process(bool(damage)) and not damage:
+                damage = ["found damaged by another process"]
             if damage:
                 self._unusable(step, f"its files differ from their checksums: {'; '.join(damage[:3])}"
                                      + (f" (and {len(damage) - 3} more)" if len(damage) > 3 else ""))
