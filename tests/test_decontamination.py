@@ -23,6 +23,7 @@ from rho_jax.curation import ngrams
 from rho_jax.curation.decontaminate_cli import main as decontaminate_main
 from rho_jax.curation.decontamination import CutSettings, cut_pieces
 from rho_jax.curation.decontamination_pipeline import RunSettings, build_pipeline, split_input
+from rho_jax.curation.embeddings import embed_texts
 from rho_jax.curation.eval_index import EvalItem, NGramIndex, build_index, items_from_jsonl, items_from_tasks
 from rho_jax.curation.near_duplicates import HashedBagOfWords, NearDuplicateReport, cosine_matches
 from rho_jax.curation.ngrams import DecontaminationError, NGramSettings
@@ -583,6 +584,32 @@ def test_cli_index_run_and_summary(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
 
 
+
+def test_cli_near_duplicates_with_a_model_embedding(tmp_path, tiny_hf_dir):
+    """`--embed model:PATH` reports exactly the (document, item) pairs whose cosine between the model's
+    mean-pooled embeddings (computed here directly) reaches the threshold, with those cosines."""
+    model = tiny_hf_dir("llama-gqa")
+    rng = random.Random(12)
+    items = made_up_items(rng, 4)
+    write_jsonl(tmp_path / "held.jsonl", [{"question": item.text} for item in items])
+    docs = [{"id": "copy", "text": items[1].text}, *({"id": f"d{k}", "text": clean_text(rng, 20)} for k in range(5))]
+    write_jsonl(tmp_path / "corpus" / "part.jsonl", docs)
+    assert cli("index", "--jsonl", str(tmp_path / "held.jsonl"), "--field", "question",
+               "--output", str(tmp_path / "index.npz")) == 0
+    vectors = embed_texts([d["text"] for d in docs] + [item.text for item in items], model)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = unit[: len(docs)] @ unit[len(docs):].T
+    threshold = float(np.sort(cosines.ravel())[-3])  # the three closest pairs, the copy's (cosine 1) among them
+    assert cli("run", "--index", str(tmp_path / "index.npz"), "--input", str(tmp_path / "corpus"),
+               "--output", str(tmp_path / "out"), "--mode", "report", "--near-duplicates", str(threshold - 1e-6),
+               "--embed", f"model:{model}") == 0
+    rows = read_rows(tmp_path / "out" / "near_duplicates")
+    expected = {(docs[d]["id"], i) for d, i in zip(*np.nonzero(cosines >= threshold - 1e-6))}
+    assert {(row["doc_id"], row["idx"]) for row in rows} == expected and ("copy", 1) in expected
+    for row in rows:
+        d = next(k for k, doc in enumerate(docs) if doc["id"] == row["doc_id"])
+        assert row["score"] == pytest.approx(cosines[d, row["idx"]], abs=1e-5)
+
 def test_split_input():
     assert split_input("corpus/*.jsonl") == ("corpus", "*.jsonl")
     assert split_input("/data/web/**/*.jsonl.gz") == ("/data/web", "**/*.jsonl.gz")
@@ -608,6 +635,8 @@ def indexed(tmp_path):
     (lambda t: None, ["--index", "{t}/missing.npz"], r"index file .*missing.npz does not exist"),
     (lambda t: None, ["--embed", "bow"], r"give --near-duplicates too"),
     (lambda t: None, ["--near-duplicates", "0.9", "--embed", "no_such_module:embed"], r"cannot load embedder"),
+    (lambda t: None, ["--near-duplicates", "0.9", "--embed", "model:{t}/nowhere"], r"embedding model .*nowhere.* is not a dir"),
+    (lambda t: (t / "bare").mkdir(), ["--near-duplicates", "0.9", "--embed", "model:{t}/bare"], r"embedding model .*bare"),
     (lambda t: None, ["--near-duplicates", "1.5"], r"cosine threshold must be in \[-1, 1\], got 1.5"),
     (lambda t: None, ["--mode", "cut", "--window", "-1"], r"cut setting window must be a non-negative integer"),
 ])

@@ -5,7 +5,7 @@
     index     --jsonl FILE --field question[,answer] [--task-name NAME] --output index.npz [--n 13] [--fold-digits]
     run       --index index.npz --input 'corpus/*.jsonl' --output OUT [--mode report|drop|cut]
               [--window 200] [--max-hits 10] [--min-piece 200] [--text-field text] [--id-field id]
-              [--n N] [--fold-digits | --no-fold-digits] [--near-duplicates COSINE [--embed bow|module:fn]]
+              [--n N] [--fold-digits | --no-fold-digits] [--near-duplicates COSINE [--embed bow|model:PATH|module:fn]]
               [executor options]
     summarize --output OUT
 
@@ -14,7 +14,7 @@ corpus (a folder of JSONL shards or a glob; gzip/zstd inferred) and writes kept 
 the per-task reports and summary.json/.md into OUT (`rho_jax.curation.decontamination_pipeline`); --n and
 --fold-digits, when given, must be the index's own. Rerunning the same command resumes (finished tasks are
 skipped). With `--executor slurm` the command submits the job array and returns: run `summarize` when the
-jobs are done. Executor options: `rho_jax.curation.executors`.
+jobs are done. Executor options: `rho_jax.executors`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from rho_jax.curation.decontamination_pipeline import (
 )
 from rho_jax.curation.decontamination_summary import summarize, write_summary
 from rho_jax.curation.eval_index import NGramIndex, build_index, items_from_jsonl, items_from_tasks, uncovered_items
-from rho_jax.curation.executors import add_executor_options, make_executor, tasks_finished
 from rho_jax.curation.near_duplicates import resolve_embedder
 from rho_jax.curation.ngrams import DecontaminationError, NGramSettings
+from rho_jax.executors import add_executor_options, make_executor, tasks_finished
 
 __all__ = ["build_parser", "main"]
 
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--near-duplicates", type=float, default=None, metavar="COSINE",
                      help="also report documents whose embedding has at least this cosine with an item's")
     run.add_argument("--embed", default=None,
-                     help="near-duplicate embedding: bow (hashed bag of words, the default) or module:callable")
+                     help="near-duplicate embedding: bow (hashed bag of words, the default), model:PATH (a rho_jax or HF "
+                          "model's mean-pooled hidden states) or module:callable")
     add_executor_options(run)
     run.set_defaults(func=cmd_run)
 

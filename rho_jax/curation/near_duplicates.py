@@ -5,8 +5,8 @@ zero vector. A (document, item) pair is reported when cosine >= threshold: the `
 per document, best first. phi-1 thresholds the L2 distance between embeddings instead; for unit vectors
 |d - e|^2 = 2 - 2 cosine(d, e), so the two agree.
 
-Any `embed(texts) -> array [len(texts), dim]` works (a rho_jax model's pooled hidden states, see
-`rho_jax.curation.embeddings`); `HashedBagOfWords` is a model-free lexical one. In a datatrove pipeline
+Any `embed(texts) -> array [len(texts), dim]` works: `model:PATH` is a rho_jax/HF model's mean-pooled hidden
+states (`rho_jax.curation.embeddings`), `HashedBagOfWords` a model-free lexical one. In a datatrove pipeline
 `NearDuplicateReport` examines every document that reaches it (placed after the n-gram filter: all documents
 in `report` mode, the ones the n-grams let through otherwise), writes `<rank>.jsonl` rows {doc_id, source,
 task, idx, score, ngram_flagged} into its report folder, and adds `metadata["near_duplicates"]`. Each task
@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -25,8 +26,11 @@ from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
 
+from rho_jax.analysis.models import model_source
+from rho_jax.curation.embeddings import ModelEmbedding
 from rho_jax.curation.eval_index import NGramIndex
 from rho_jax.curation.ngrams import DecontaminationError, NGramSettings, batch_ngram_hashes
+from rho_jax.training.model_sources import tokenizer_dir
 
 __all__ = ["HashedBagOfWords", "NearDuplicateReport", "cosine_matches", "resolve_embedder"]
 
@@ -51,13 +55,20 @@ class HashedBagOfWords:
         return vectors
 
 
+MODEL_PREFIX = "model:"
+
+
 def resolve_embedder(spec: str) -> Embedder:
-    """`bow` (HashedBagOfWords()) or `module:attribute`, an importable embed(texts) callable."""
+    """`bow` (HashedBagOfWords()), `model:PATH` (the mean-pooled hidden states of the model at PATH, with its
+    own tokenizer: an HF directory, a rho_jax run or checkpoint; checked here, loaded on first use) or
+    `module:attribute`, an importable embed(texts) callable."""
     if spec == "bow":
         return HashedBagOfWords()
+    if spec.startswith(MODEL_PREFIX):
+        return _model_embedder(spec[len(MODEL_PREFIX):])
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise DecontaminationError(f"embedder must be 'bow' or 'module:callable', got {spec!r}")
+        raise DecontaminationError(f"embedder must be 'bow', 'model:PATH' or 'module:callable', got {spec!r}")
     try:
         embed = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:
@@ -65,6 +76,19 @@ def resolve_embedder(spec: str) -> Embedder:
     if not callable(embed):
         raise DecontaminationError(f"embedder {spec!r} is not callable")
     return embed
+
+
+def _model_embedder(path: str) -> ModelEmbedding:
+    if not Path(path).is_dir():
+        raise DecontaminationError(f"embedding model {path!r} is not a directory (an HF model, a rho_jax run or checkpoint)")
+    try:
+        tokenizer = tokenizer_dir(model_source(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise DecontaminationError(f"embedding model {path!r}: {err}") from None
+    if tokenizer is None:
+        raise DecontaminationError(f"embedding model {path!r} carries no tokenizer files; embed with a model saved with "
+                                   "its tokenizer (an HF directory, or a rho_jax run, which keeps its tokenizer)")
+    return ModelEmbedding(str(Path(path).resolve()), tokenizer=str(tokenizer))
 
 
 def _unit_rows(vectors: np.ndarray, count: int, what: str) -> np.ndarray:

@@ -19,7 +19,7 @@ same form. embed writes `NNNNN.jsonl.gz` shards with `NNNNN.embeddings.npy` besi
 heldout.jsonl). filter writes `kept/`, `excluded/` and filter_report.json/.md (plus `scored/` with
 --top-fraction) under its output.
 
-Executor options (`rho_jax.curation.executors`): --executor local (default; --tasks, --workers) | slurm
+Executor options (`rho_jax.executors`): --executor local (default; --tasks, --workers) | slurm
 (--partition, --time, --cpus-per-task, --mem-per-cpu-gb, --gpus-per-task, --env-command) | ray. Datatrove
 logs go to `<output>/logs*`; rerunning a command skips the tasks that finished. With slurm the command
 submits jobs and returns: run it again when they are done to write the report (and, with --top-fraction,
@@ -41,7 +41,6 @@ from rho_jax.curation.annotate import RUBRICS, annotate_documents, read_labels, 
 from rho_jax.curation.classifier import KINDS, LabelScale, train_classifier
 from rho_jax.curation.corpus import corpus_reader
 from rho_jax.curation.embeddings import POOLINGS, EmbedDocuments, SaveEmbeddings, read_embedded_shards
-from rho_jax.curation.executors import add_executor_options, make_executor, tasks_finished
 from rho_jax.curation.quality_filter import (
     OUTPUT_FILENAME,
     cached_classifier,
@@ -54,6 +53,7 @@ from rho_jax.curation.quality_filter import (
     top_fraction_cutoff,
 )
 from rho_jax.curation.quality_report import write_training_report
+from rho_jax.executors import add_executor_options, make_executor, tasks_finished
 from rho_jax.generation import load_generator
 
 

@@ -4,7 +4,7 @@ Documents go through the same `encode_document` + `pack_documents` as online tra
 ArrayRecord shards plus `metadata.json` (layout in `rho_jax.data.prepared`). A training source with
 `format: arrayrecord` (or `*.array_record` paths) then skips tokenization and packing.
 
-The work runs as datatrove tasks (`--tasks N --workers W`, `--executor local|slurm|ray`; `rho_jax.curation.executors`):
+The work runs as datatrove tasks (`--tasks N --workers W`, `--executor local|slurm|ray`; `rho_jax.executors`):
 task r tokenizes and packs its contiguous block of the input files (`prepare_plan`) into its own shards
 (`prepare_task`), and once every task has finished the shards are renamed rows-00000... in task order, so the
 row order depends on the files and `--tasks` only, never on the workers. Each task starts a new row: with one
@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rho_jax.curation.executors import add_executor_options, make_executor, tasks_finished
 from rho_jax.data import prepared
 from rho_jax.data.config import BAD_RECORD_POLICIES, FORMATS, TEXT_SPLITS, SourceConfig
 from rho_jax.data.prepare_plan import (
@@ -48,6 +47,7 @@ from rho_jax.data.prepare_task import PrepareTask
 from rho_jax.data.row_sources import PackedRowSource
 from rho_jax.data.sources import open_source, resolve_paths, source_format
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from rho_jax.executors import add_executor_options, make_executor, tasks_finished
 from rho_jax.models.atomic_dir import OUTPUT_MARKER, atomic_directory
 
 
@@ -119,7 +119,7 @@ def prepare(
     """Tokenize and pack the documents of `source` into `output`; returns the written metadata, or None when
     the tasks were submitted (Slurm) or left unfinished: rerunning the same call then resumes or publishes.
 
-    `executor` holds the `rho_jax.curation.executors` options (default: one local task). Bad records are
+    `executor` holds the `rho_jax.executors` options (default: one local task). Bad records are
     refused or left out as `on_bad_record` says (`open_source`), before any task starts."""
     if seq_len < 2:
         raise ValueError(f"--seq_len must be an integer > 1, got {seq_len}.")

@@ -1,4 +1,5 @@
-"""Where a curation pipeline runs: datatrove's local, Slurm or Ray executor, chosen by command-line options.
+"""Where a datatrove pipeline runs (curation, tokenization): datatrove's local, Slurm or Ray executor, chosen by
+command-line options.
 
 The same list of pipeline steps runs under each. Tasks split the input files (`rank::tasks`); every executor
 logs into one folder and writes a completion marker per finished task there, and a rerun with that folder
@@ -9,6 +10,10 @@ skips the finished tasks (a killed task reruns from its start and rewrites its o
            --workers at once) and returns; the jobs load the pickled pipeline (`launch_pickled_pipeline`).
     ray    RayPipelineExecutor: runs the tasks on the Ray cluster that `ray.init()` finds (RAY_ADDRESS, or a
            new local one), --workers at once, with the same per-task resources.
+
+datatrove's local executor starts its helper processes (a Manager, a worker pool) with the `multiprocess`
+package. Forking a process whose JAX runtime has started its threads can deadlock, so importing this module
+makes `multiprocess` start processes from a fork server (a clean process) instead.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import multiprocess
+
 __all__ = ["EXECUTORS", "add_executor_options", "make_executor", "tasks_finished"]
 
 EXECUTORS = ("local", "slurm", "ray")
+
+multiprocess.set_start_method("forkserver", force=True)
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
