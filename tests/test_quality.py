@@ -336,13 +336,13 @@ def test_sample_documents_is_uniform_without_repeats_and_seeded():
 def test_labels_outside_the_range_name_the_line(tmp_path):
     path = tmp_path / "labels.jsonl"
     _write_jsonl(path, [{"text": "a", "label": 3}, {"text": "b", "label": 2.0}, {"text": "c", "label": 6}])
-    with pytest.raises(ValueError, match=r"labels.jsonl:3: label 6 is outside the edu scale: labels must be integers 0..5"):
+    with pytest.raises(ValueError, match=r"labels.jsonl, line 3: label 6 is outside the edu scale: labels must be integers 0..5"):
         read_labels(path, SCALES["edu"])
     _write_jsonl(path, [{"text": "a", "label": 1}, {"text": "b", "label": True}])
-    with pytest.raises(ValueError, match=r"labels.jsonl:2: label True"):
+    with pytest.raises(ValueError, match=r"labels.jsonl, line 2: label True"):
         read_labels(path, SCALES["binary"])
     _write_jsonl(path, [{"text": "a", "label": 1}, {"label": 0}])
-    with pytest.raises(ValueError, match=r"labels.jsonl:2: a labels row must be an object with a string 'text'"):
+    with pytest.raises(ValueError, match=r"labels.jsonl, line 2: a labels row must be an object with a string 'text'"):
         read_labels(path, SCALES["binary"])
     _write_jsonl(path, [{"text": "a", "label": 1, "id": "x"}, {"text": "b", "label": 2.0}])
     assert [(r["id"], r["label"]) for r in read_labels(path, SCALES["edu"])] == [("x", 1), ("labels.jsonl:2", 2)]

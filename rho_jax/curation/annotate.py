@@ -27,6 +27,7 @@ from datatrove.data import Document
 
 from rho_jax.curation.classifier import SCALES, LabelScale
 from rho_jax.generation import SamplingParams
+from rho_jax.jsonl import json_objects
 
 EDU_TEMPLATE = """You are grading web pages for a collection of study material in mathematics and science.
 Read the extract below and add up points with this rubric:
@@ -189,20 +190,13 @@ def read_labels(path: str | Path, scale: LabelScale, text_key: str = "text") -> 
     if not path.is_file():
         raise FileNotFoundError(f"labels file {path} does not exist.")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON: {err}") from err
-        if not isinstance(row, dict) or not isinstance(row.get(text_key), str) or "label" not in row:
+    for where, row in json_objects(path):
+        if not isinstance(row.get(text_key), str) or "label" not in row:
             raise ValueError(f"{where}: a labels row must be an object with a string {text_key!r} and a 'label'; "
-                             f"got {line:.200}")
-        label = scale.check(row["label"], where)
+                             f"got the fields {sorted(row)}")
+        label = scale.check(row["label"], str(where))
         text = row.pop(text_key)
-        records.append({**row, "id": str(row.get("id", f"{path.name}:{number}")), "text": text, "label": label})
+        records.append({**row, "id": str(row.get("id", f"{path.name}:{where.number}")), "text": text, "label": label})
     if not records:
         raise ValueError(f"labels file {path} holds no rows.")
     return records
