@@ -18,7 +18,7 @@ from typing import Any
 from rho_jax.evaluation import task_rules
 from rho_jax.evaluation.prompts import build_prompt, read_exemplar_file, render_query
 from rho_jax.evaluation.task_config import DataSource, TaskError, TaskSpec, load_task, shipped_task_names
-from rho_jax.jsonl import json_objects
+from rho_jax.jsonl import Line, json_objects
 
 __all__ = ["Sample", "TaskError", "TaskSpec", "build_samples", "load_task", "shipped_task_names"]
 
@@ -37,7 +37,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class _Row:
-    where: str
+    where: Line | str  # printed in error messages
     data: dict[str, Any]
 
 
