@@ -116,12 +116,21 @@ def test_blockwise_program_has_no_sequence_squared_buffer():
     assert blockwise < 2 * 2048 * 2048 * 4 < dense  # below one head-pair's fp32 T x T logits; dense holds several
 
 
+# The Pallas GPU kernel in interpret mode (any backend) and compiled (only where an NVIDIA GPU is the default
+# backend, e.g. in `python -m rho_jax.bench gpu`).
+FLASH_MODES = [pytest.param(True, id="interpret"),
+               pytest.param(False, id="compiled", marks=pytest.mark.skipif(jax.default_backend() != "gpu",
+                                                                           reason="the compiled kernel needs an NVIDIA GPU"))]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("interpret", FLASH_MODES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_flash_interpret_matches_grouped(dtype):
+def test_flash_matches_grouped(dtype, interpret):
     q, k, v, weights, mask = _inputs(4, batch=2, seq=64, heads=4, kv_heads=2, head_dim=16, window=None, dtype=dtype)
     tolerance = FP32_TOLERANCE if dtype == jnp.float32 else BF16_TOLERANCE
-    _compare(lambda *a: flash_attention(*a, interpret=True), q, k, v, weights, mask, tolerance)
+    with jax.default_matmul_precision("highest"):  # fp32 dots in fp32 (the compiled kernel would use TF32)
+        _compare(lambda *a: flash_attention(*a, interpret=interpret), q, k, v, weights, mask, tolerance)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@
                                                     (`rho_jax.bench.decontamination_bench`)
     python -m rho_jax.bench embed [flags]           document embedding throughput (`rho_jax.bench.embedding_bench`)
     python -m rho_jax.bench loop [flags]            the trainer's tokens/s vs its bare step (`rho_jax.bench.loop_bench`)
+    python -m rho_jax.bench gpu [flags]             the prepared GPU check, a report part by part (`rho_jax.bench.gpu_check`)
 
 `python -m rho_jax.bench SUITE --help` lists a suite's flags.
 """
@@ -24,6 +25,7 @@ SUITES = {
     "embed": "rho_jax.bench.embedding_bench",
     "loop": "rho_jax.bench.loop_bench",
     "synthesize": "rho_jax.bench.synthesis_bench",
+    "gpu": "rho_jax.bench.gpu_check",
 }
 
 
