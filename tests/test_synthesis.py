@@ -134,6 +134,24 @@ def test_ko_simple_qa_template(tokenizer):
     assert Template("t", "{text}", "qa-markers", end_of_turn=("</s>",)).end_token_ids(chat) == [chat.eos_token_id]
 
 
+# ko-genstruct simple-qa's PROMPT_QA as the seed copy of its model card has it: every Hangul syllable
+# whose UTF-8 holds a byte that cp1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) became U+FFFD.
+CARD_PROMPT_QA = ("주어진 \ufffd스트 컨\ufffd츠를 참고하여 질문과 정확하고 \ufffd세한 답변\ufffd 만드세요, "
+                  "대답\ufffd 아래 형태로 작성하세요\n**답변 형\ufffd**\n[[Q]] 지시문\n[[A]] 답변\n---\n{text}")
+CP1252_UNDEFINED = {0x81, 0x8D, 0x8F, 0x90, 0x9D}
+
+
+def test_ko_simple_qa_prompt_is_the_cards():
+    """Every readable character of the card's prompt is ours; every damaged one is a syllable that this damage destroys."""
+    prompt = load_template("ko-simple-qa").prompt
+    assert len(prompt) == len(CARD_PROMPT_QA)
+    for ours, card in zip(prompt, CARD_PROMPT_QA, strict=True):
+        if card == "\ufffd":
+            assert "가" <= ours <= "힣" and CP1252_UNDEFINED & set(ours.encode()), ours
+        else:
+            assert ours == card
+
+
 def test_user_templates(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("Title: {title}\nRead: {text}\nAsk {braces} kept")
@@ -173,8 +191,8 @@ def test_unknown_parser():
 CHUNK = "나탈리아는 4월에 친구 48명에게 클립을 팔았다. Natalia sold clips to 48 of her friends in April."
 
 
-def _completion(text: str, reason: str = "eos") -> Completion:
-    return Completion(text=text, token_ids=[1] * 5, finish_reason=reason, prompt_tokens=3)
+def _completion(text: str, reason: str = "eos", token_ids: tuple[int, ...] = (7,) * 5) -> Completion:
+    return Completion(text=text, token_ids=list(token_ids), finish_reason=reason, prompt_tokens=3)
 
 
 class _FixedScorer:
@@ -200,6 +218,7 @@ def test_each_reason_on_made_up_completions():
         (_completion("[[Q]] 몇 명에게 팔았나요? [[A]] 48명", "length"), "truncated"),
         (_completion("[[Q]] 몇 명에게 팔았나요?"), "missing answer marker"),
         (_completion("[[Q]] 몇 명에게 팔았나요? [[A]]  "), "empty question or answer"),
+        (_completion("[[Q]] 몇 명에게 팔았나요? [[A]] 48명 [[A]] 48명"), "stray marker"),
         (_completion("[[Q]] Natalia sold clips to 48 of her friends in April? [[A]] 예"), "question copies text"),
         (_completion("[[Q]] 언제 팔았나요? [[A]] 횡설수설"), "answer perplexity"),
         (_completion("[[Q]] 몇 명에게 팔았나요? [[A]] 48명입니다."), "valid"),
@@ -214,12 +233,73 @@ def test_each_reason_on_made_up_completions():
     assert [r["reason"] for r in rejected] == [r for r in expected if r != "valid"]
     assert sum(counts.values()) == len(cases) and counts["valid"] == 2 and counts["duplicate"] == 1
     assert [(a["prompt"], a["response"], a["sample"]) for a in accepted] == [
-        ("몇 명에게 팔았나요?\n", "48명입니다.", 5), ("무엇을 팔았나요?\n", "클립.", 7)]
+        ("몇 명에게 팔았나요?\n", "48명입니다.", 6), ("무엇을 팔았나요?\n", "클립.", 8)]
     assert accepted[0] | {"prompt": 0, "response": 0} == {
-        "prompt": 0, "response": 0, "document_id": "d", "shard": "s", "chunk": 0, "sample": 5,
+        "prompt": 0, "response": 0, "document_id": "d", "shard": "s", "chunk": 0, "sample": 6,
         "template": "ko-simple-qa", "model": "m", "adapter": None, "finish_reason": "eos", "completion_tokens": 5}
     with pytest.raises(ValueError, match="no scoring model"):
         judge("s", rows, [c for c, _ in cases], load_template("ko-simple-qa"), settings)
+
+
+def _verdicts(template: Template, completions: list[Completion], tokenizer=None) -> list[str]:
+    rows = [Row(Document("d", CHUNK), 0, CHUNK, i) for i in range(len(completions))]
+    markers = template.stray_markers(tokenizer) if tokenizer is not None else None
+    accepted, rejected, _ = judge("s", rows, completions, template, Settings(template=template.name, model="m"),
+                                  markers=markers)
+    verdicts = {r["sample"]: r["reason"] for r in rejected} | {a["sample"]: "valid" for a in accepted}
+    return [verdicts[i] for i in range(len(completions))]
+
+
+def test_stray_template_markers_are_rejected_and_brackets_are_not():
+    genstruct = load_template("genstruct")
+    assert _verdicts(genstruct, [
+        _completion(" What is [[1,2],[3,4]] times 2?\n[[[Assistant]]] It is [[2,4],[6,8]]."),
+        _completion(" Who sold clips?\n[[[Assistant]]] Natalia.\n[[[Content]]] She sold 48."),
+        _completion(" [[[Title]]] Clips: who sold them?\n[[[Assistant]]] Natalia."),
+        _completion(" Who sold clips?\n[[[Assistant]]] Natalia. [[[Assistant]]] Natalia."),
+        _completion(" Who sold [[Q]] clips?\n[[[Assistant]]] Natalia [[A]]."),  # another template's markers
+    ]) == ["valid", "stray marker", "stray marker", "stray marker", "valid"]
+    ko = load_template("ko-simple-qa")
+    assert _verdicts(ko, [
+        _completion("[[Q]] 행렬 [[1,2],[3,4]]의 전치 행렬은? [[A]] [[1,3],[2,4]]입니다."),
+        _completion("[[Q]] 클립을 판 사람은? [[A]] 나탈리아 [[A]] 나탈리아"),
+        _completion("[[Q]] 클립을 판 사람은? [[Q]] 다시 [[A]] 나탈리아"),
+    ]) == ["valid", "stray marker", "stray marker"]
+    with pytest.raises(ValueError, match="markers must be non-blank"):
+        Template("t", "{text}", "genstruct", markers=(" ",))
+
+
+def test_marker_search_finds_exactly_the_substrings():
+    import random
+
+    from rho_jax.synthesis.validation import any_of
+
+    markers = [*(f"<|reserved_{i}|>" for i in range(30)), "<|eot_id|>", "<s>", "<s>x", "</s>", "[[Q]]", "[[A]]"]
+    pattern = any_of(markers)
+    pieces = ["a", "<", "|", "<|", "eot_id", "|>", "[[", "Q]]", "A]", "s>", "</", "reserved_", "1", "2", "x", "]"]
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(pieces) for _ in range(16)) for _ in range(3000)]
+    found = [bool(pattern.search(t)) for t in texts]
+    assert found == [any(m in t for m in markers) for t in texts]
+    assert 300 < sum(found) < 2700  # both outcomes are common (519 found)
+
+
+def test_stray_special_tokens_by_text_and_by_id(tokenizer):
+    chat = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    chat.add_special_tokens({"additional_special_tokens": ["<|eot_id|>", "<|start_header_id|>"]})
+    header, eot = chat.convert_tokens_to_ids(["<|start_header_id|>", "<|eot_id|>"])
+    ko = load_template("ko-simple-qa")
+    markers = ko.stray_markers(chat)
+    assert {"[[Q]]", "[[A]]", "<|eot_id|>", "<|start_header_id|>", "</s>"} <= set(markers.strings)
+    assert {header, eot, chat.eos_token_id} <= markers.token_ids
+    completions = [
+        _completion("[[Q]] 판 사람은? [[A]] 나탈리아.", token_ids=(7, 8, eot)),  # ended by a special token: fine
+        _completion("[[Q]] 판 달은? [[A]] 4월.<|eot_id|>", token_ids=(7, 8, eot)),  # spelled out in the text
+        _completion("[[Q]] 판 개수는? [[A]] 48개.", token_ids=(7, header, 8, eot)),  # emitted mid-text (the text skips it)
+        _completion("[[Q]] 판 물건은? [[A]] 클립.", "stop", token_ids=(7, 8, eot)),  # inside: not what ended it
+    ]
+    assert _verdicts(ko, completions, chat) == ["valid", "stray marker", "stray marker", "stray marker"]
+    assert _verdicts(ko, completions) == ["valid", "valid", "valid", "valid"]  # without the tokenizer: markers only
 
 
 def test_settings_take_template_defaults_and_check_values():

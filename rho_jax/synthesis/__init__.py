@@ -4,7 +4,7 @@ documents.py   input shards (JSONL/Parquet files of `text`, optional `title`, `i
 chunking.py    documents cut into chunks of at most N tokens at paragraph/sentence/word boundaries
 templates.py   prompt templates (shipped: templates/genstruct.toml, templates/ko-simple-qa.toml; user files)
 parsing.py     question/answer parsers of generated text
-validation.py  the verdict of each completion (truncated, missing marker, empty, copy, duplicate)
+validation.py  the verdict of each completion (truncated, missing marker, empty, stray marker, copy, duplicate)
 perplexity.py  the optional answer-perplexity filter under a scoring model
 pipeline.py    shard-by-shard generation, judging and atomic, resumable output
 report.py      counts per verdict and timings as report.json / report.md

@@ -6,6 +6,8 @@ qa-markers: "[[Q]] question [[A]] answer": the question is the text after "[[Q]]
   start when there is no "[[Q]]") up to "[[A]]", the answer the text after "[[A]]" up to a next
   "[[Q]]" (only the first pair is taken).
 Both strip surrounding whitespace. No answer marker -> `Parsed(question, None)`.
+`MARKERS[parser]` are the markers a parser splits at; one left inside a parsed question or answer is
+a stray marker (`rho_jax.synthesis.validation`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 PARSERS = ("genstruct", "qa-markers")
+MARKERS: dict[str, tuple[str, ...]] = {"genstruct": ("[[[User]]]", "[[[Assistant]]]"), "qa-markers": ("[[Q]]", "[[A]]")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +38,9 @@ def _split(text: str, question_marker: str | None, answer_marker: str, next_mark
 def parse(parser: str, text: str) -> Parsed:
     """The question and answer in `text` by `parser` (one of PARSERS; see the module docstring)."""
     if parser == "genstruct":
-        return _split(text, None, "[[[Assistant]]]", "[[[User]]]")
+        user, assistant = MARKERS[parser]
+        return _split(text, None, assistant, user)
     if parser == "qa-markers":
-        return _split(text, "[[Q]]", "[[A]]", "[[Q]]")
+        question, answer = MARKERS[parser]
+        return _split(text, question, answer, question)
     raise ValueError(f"unknown parser {parser!r}; choose one of {PARSERS}.")

@@ -41,7 +41,7 @@ from rho_jax.synthesis.parsing import parse
 from rho_jax.synthesis.perplexity import AnswerScorer
 from rho_jax.synthesis.report import SHARD_REPORT, SHARDS_DIR, write_report
 from rho_jax.synthesis.templates import Template
-from rho_jax.synthesis.validation import DUPLICATE, PERPLEXITY, VALID, Deduplicator, first_check
+from rho_jax.synthesis.validation import DUPLICATE, PERPLEXITY, VALID, Deduplicator, StrayMarkers, first_check
 
 SETTINGS_FILE = "settings.json"
 
@@ -137,11 +137,18 @@ def _provenance(row: Row, shard: str, settings: Settings, completion: Completion
 
 
 def judge(shard: str, rows: Sequence[Row], completions: Sequence[Completion], template: Template, settings: Settings,
-          scorer: AnswerScorer | None = None) -> tuple[list[dict], list[dict], Counter]:
-    """(accepted rows, rejected rows, count per verdict) of a shard's completions, in row order (`validation`)."""
+          scorer: AnswerScorer | None = None, markers: StrayMarkers | None = None
+          ) -> tuple[list[dict], list[dict], Counter]:
+    """(accepted rows, rejected rows, count per verdict) of a shard's completions, in row order (`validation`).
+
+    markers: the stray markers (`Template.stray_markers` of the generator's tokenizer); default:
+    the template's own, without a tokenizer's special tokens.
+    """
+    markers = markers if markers is not None else template.stray_markers()
     parsed = [parse(template.parser, c.text) for c in completions]
-    verdicts: list[str | None] = [first_check(p, c.finish_reason, r.chunk, settings.ngram, settings.max_overlap)
-                                  for p, c, r in zip(parsed, completions, rows, strict=True)]
+    verdicts: list[str | None] = [
+        first_check(p, c.token_ids, c.finish_reason, r.chunk, settings.ngram, settings.max_overlap, markers)
+        for p, c, r in zip(parsed, completions, rows, strict=True)]
     if settings.max_perplexity is not None:
         if scorer is None:
             raise ValueError("max_perplexity is set but no scoring model was given.")
@@ -196,7 +203,8 @@ def synthesize_shard(path: Path, out_dir: Path, generator: Generator, template: 
         if bar is not None and remaining[key] == 0:
             bar.update(1)
     generated = time.perf_counter()
-    accepted, rejected, counts = judge(shard, rows, completions, template, settings, scorer)  # type: ignore[arg-type]
+    accepted, rejected, counts = judge(shard, rows, completions, template, settings, scorer,  # type: ignore[arg-type]
+                                       template.stray_markers(generator.tokenizer))
     judged = time.perf_counter()
     report = {"shard": shard, "documents": len(documents), "chunks": len(rows) // settings.samples,
               "completions": len(rows), "counts": {k: counts[k] for k in sorted(counts)},

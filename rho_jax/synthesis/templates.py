@@ -8,6 +8,8 @@ their stem: `genstruct`, `ko-simple-qa`) with the keys
     chat            true: the prompt is one user message wrapped in the tokenizer's chat template
     max_new_tokens, temperature, top_p, top_k   sampling defaults
     end_of_turn     tokens that end a completion besides the model's EOS, when the tokenizer has them
+    markers         marker strings of the prompt format that must not be left in a parsed question
+                    or answer (the parser's own markers, `parsing.MARKERS`, always count)
 A user template may also be a plain text file (any other suffix): its whole content is the prompt,
 the parser and `chat` come from the caller, sampling defaults are temperature 1.0, 256 new tokens.
 
@@ -23,11 +25,12 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from rho_jax.synthesis.parsing import PARSERS
+from rho_jax.synthesis.parsing import MARKERS, PARSERS
+from rho_jax.synthesis.validation import StrayMarkers
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _FIELDS = ("{text}", "{title}")
-_KEYS = {"prompt", "parser", "chat", "max_new_tokens", "temperature", "top_p", "top_k", "end_of_turn"}
+_KEYS = {"prompt", "parser", "chat", "max_new_tokens", "temperature", "top_p", "top_k", "end_of_turn", "markers"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +44,15 @@ class Template:
     top_p: float = 1.0
     top_k: int = 0
     end_of_turn: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if "{text}" not in self.prompt:
             raise ValueError(f"template {self.name!r} has no {{text}} field: the prompt must say where the chunk goes.")
         if self.parser not in PARSERS:
             raise ValueError(f"template {self.name!r}: parser must be one of {PARSERS}, got {self.parser!r}.")
+        if not all(isinstance(m, str) and m.strip() for m in self.markers):
+            raise ValueError(f"template {self.name!r}: markers must be non-blank strings, got {list(self.markers)}.")
 
     def text(self, chunk: str, title: str = "") -> str:
         """The prompt text for `chunk` of a document titled `title` (before any chat template)."""
@@ -70,6 +76,21 @@ class Template:
         vocab = tokenizer.get_vocab()
         return [vocab[token] for token in self.end_of_turn if token in vocab]
 
+    def stray_markers(self, tokenizer=None) -> StrayMarkers:
+        """What a valid pair must not hold: this template's `markers` and its parser's, plus the
+        special tokens of `tokenizer` (if given) as strings and as ids (`validation.StrayMarkers`)."""
+        special = special_tokens(tokenizer) if tokenizer is not None else {}
+        return StrayMarkers(strings=(*self.markers, *MARKERS[self.parser], *special),
+                            token_ids=frozenset(special.values()))
+
+
+def special_tokens(tokenizer) -> dict[str, int]:
+    """The tokenizer's special tokens (BOS, EOS, pad, ... and every added token marked special, such
+    as Llama-3's `<|start_header_id|>`) by text, with their ids."""
+    found = dict(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids, strict=True))
+    found.update({token.content: index for index, token in tokenizer.added_tokens_decoder.items() if token.special})
+    return found
+
 
 def shipped_templates() -> list[str]:
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.toml"))
@@ -84,7 +105,8 @@ def _from_toml(name: str, path: Path) -> Template:
     for key in ("prompt", "parser"):
         if key not in spec:
             raise ValueError(f"template {path} lacks the key {key!r}.")
-    return Template(name=name, **{**spec, "end_of_turn": tuple(spec.get("end_of_turn", ()))})
+    return Template(name=name, **{**spec, "end_of_turn": tuple(spec.get("end_of_turn", ())),
+                                  "markers": tuple(spec.get("markers", ()))})
 
 
 def load_template(name_or_path: str, parser: str | None = None, chat: bool = False) -> Template:
