@@ -6,10 +6,12 @@
     python -m rho_jax.convert merge ADAPTER_DIR BASE_DIR OUT_DIR [--dtype bfloat16]
 
 RHO_DIR is a rho_jax model directory, a training run directory (its newest checkpoint is exported)
-or one checkpoint of a run (`<run>/checkpoints/<step>`). LORA_DIR is a rho_jax LoRA adapter
-directory (`lora_config.json` + `lora.safetensors`); `to-peft` writes it as a PEFT adapter
-directory. `merge` folds an adapter (PEFT or rho_jax) into its base model (an HF or rho_jax model
-directory) and writes a full HF model.
+or one checkpoint of a run (`<run>/checkpoints/<step>`); for a LoRA run (`model.lora`) that is its
+base with the adapter merged in. LORA_DIR is a rho_jax LoRA adapter directory (`lora_config.json` +
+`lora.safetensors`) or a LoRA training run (its newest checkpoint's adapter) or one of its
+checkpoints; `to-peft` writes it as a PEFT adapter directory. `merge` folds an adapter (PEFT,
+rho_jax, or a LoRA run's) into its base model (an HF or rho_jax model directory) and writes a full
+HF model.
 
 Tokenizer files in the source directory are copied along. No network access, no torch.
 """
@@ -27,13 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from rho_jax.models import Llama, load_hf, load_orbax, save_hf, save_orbax
-from rho_jax.models.lora import LoraAdapter, merge_lora
+from rho_jax.models.lora import merge_lora
 from rho_jax.models.lora_io import is_lora_dir, load_lora
-from rho_jax.models.lora_peft import load_peft, save_peft
+from rho_jax.models.lora_peft import save_peft
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.sharding import MeshConfig, make_mesh
 from rho_jax.training.config import ModelSource
-from rho_jax.training.model_sources import load_model, tokenizer_dir
+from rho_jax.training.model_sources import load_adapter, load_model, run_adapter, tokenizer_dir
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -66,13 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf.add_argument("output", type=Path, help="new or empty directory (or an earlier HF export)")
     to_hf.add_argument("--dtype", type=parse_dtype, default=None, help="stored dtype (default: as in the source)")
     to_hf.add_argument("--max-shard-size", type=parse_size, default="5GB", help="split safetensors above this size")
-    to_peft = sub.add_parser("to-peft", help="rho_jax LoRA adapter directory -> PEFT adapter directory")
-    to_peft.add_argument("source", type=Path, help="a rho_jax LoRA adapter directory (lora_config.json + lora.safetensors)")
+    to_peft = sub.add_parser("to-peft", help="rho_jax LoRA adapter directory or LoRA training run -> PEFT adapter directory")
+    to_peft.add_argument("source", type=Path, help="a rho_jax LoRA adapter directory (lora_config.json + lora.safetensors), "
+                         "a LoRA training run (newest checkpoint) or <run>/checkpoints/<step>")
     to_peft.add_argument("output", type=Path, help="new or empty directory (or an earlier export)")
     to_peft.add_argument("--base-model", default=None, help="base_model_name_or_path recorded in adapter_config.json")
     to_peft.add_argument("--dtype", type=parse_dtype, default="float32", help="stored dtype of the adapter tensors")
     merge = sub.add_parser("merge", help="LoRA adapter + base model -> full HF model directory")
-    merge.add_argument("adapter", type=Path, help="a PEFT adapter directory or a rho_jax LoRA adapter directory")
+    merge.add_argument("adapter", type=Path, help="a PEFT adapter directory, a rho_jax LoRA adapter directory or a LoRA "
+                       "training run (or one of its checkpoints)")
     merge.add_argument("source", type=Path, help="the base model: an HF model directory or a rho_jax model directory")
     merge.add_argument("output", type=Path, help="new or empty directory (or an earlier HF export)")
     merge.add_argument("--dtype", type=parse_dtype, default=None,
@@ -95,17 +99,10 @@ def _stored_dtype(path: Path) -> str:
     return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 
 
-def _load_adapter(path: Path, model: Llama) -> LoraAdapter:
-    """A rho_jax or PEFT adapter directory, checked against `model`."""
-    adapter = load_lora(path) if is_lora_dir(path) else load_peft(path, model.config)
-    adapter.check_compatible(model.config)
-    return adapter
-
-
 def _to_peft(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
-        adapter = load_lora(args.source)
+        adapter = load_lora(args.source) if is_lora_dir(args.source) else run_adapter(args.source)
         save_peft(adapter, args.output, base_model_name_or_path=args.base_model, dtype=args.dtype)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -122,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.direction == "merge":
             base = _load_base(args.source)
-            model = merge_lora(base, _load_adapter(args.adapter, base))
+            model = merge_lora(base, load_adapter(args.adapter, base.config))
             save_hf(model, args.output, dtype=args.dtype or _stored_dtype(args.source),
                     max_shard_bytes=args.max_shard_size, tokenizer_from=args.source)
         elif args.direction == "to-orbax":

@@ -34,15 +34,32 @@ from jax.sharding import Mesh
 
 from rho_jax import slm
 from rho_jax.models import Llama
+from rho_jax.models.lora import set_lora_dropout
 from rho_jax.sharding import batch_sharding, constrain_batch_axis, param_shardings, replicated
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
+    """step; `params`: the trained parameters (all of the model's, or only its LoRA adapters);
+    `opt_state`: the optimizer state of `params`; `frozen`: the rest of the model's state when only
+    part of it is trained (LoRA: the base weights and scales), an input of the step that is never
+    differentiated, updated or checkpointed (None: the whole model is trained)."""
+
     step: jax.Array
     params: nnx.State
     opt_state: Any
+    frozen: nnx.State | None = None
+
+    @property
+    def model_params(self) -> nnx.State:
+        """The model's whole state (`params` with `frozen`), what `nnx.merge(graphdef, ...)` takes."""
+        return model_state(self.params, self.frozen)
+
+
+def model_state(params: nnx.State, frozen: nnx.State | None) -> nnx.State:
+    """The model's whole state from its trained `params` and its `frozen` rest (None: `params` is all of it)."""
+    return params if frozen is None else nnx.merge_state(params, frozen)
 
 
 def split_micro_batches(batch: dict, steps: int) -> dict:
@@ -107,9 +124,16 @@ def build_train_step(
     schedule: optax.Schedule,
     accumulation_steps: int = 1,
     precomputed_reference: bool = False,
+    dropout_seed: int | None = None,
 ) -> Callable[[TrainState, dict, nnx.State | None], tuple[TrainState, dict]]:
     """The pure step function (not jitted; see `jit_train_step`). With `precomputed_reference` (and
-    no `ref_graphdef`) the reference's per-token loss and entropy come with the batch."""
+    no `ref_graphdef`) the reference's per-token loss and entropy come with the batch.
+
+    Gradients are taken with respect to `state.params` only; a state with `frozen` parts (LoRA) runs
+    the model on both, the frozen ones a constant of the differentiation. `dropout_seed` (LoRA
+    dropout): the gradient pass of micro-batch i of step s draws its dropout masks from
+    fold_in(fold_in(key(dropout_seed), s), i) (`rho_jax.models.lora.set_lora_dropout`); the
+    selection's forward passes run without dropout, as inference does."""
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
     if precomputed_reference and ref_graphdef is not None:
@@ -121,6 +145,14 @@ def build_train_step(
 
     def token_losses(graphdef, params, batch, with_entropy=False):
         return slm.model_token_losses(graphdef, params, batch, chunk_size=cfg.ce_chunk_size, with_entropy=with_entropy)
+
+    def trained_token_losses(params, batch, dropout_key):
+        """Per-token losses of the trained model in a gradient pass (with LoRA dropout when keyed)."""
+        if dropout_key is None:
+            return token_losses(model_graphdef, params, batch)[0]
+        model = nnx.merge(model_graphdef, params)
+        set_lora_dropout(model, dropout_key)
+        return token_losses(*nnx.split(model), batch)[0]
 
     def reference_scores(ref_params, micro):
         """(L_ref, H_ref or None) of every micro-batch, read from the batch or computed without gradient."""
@@ -139,10 +171,10 @@ def build_train_step(
         selected = select_in_scope(cfg, *(in_order(x) for x in (micro["valid"], loss, ref_loss, ref_entropy)))
         return split_micro_batches({"selected": selected}, accumulation_steps)["selected"]
 
-    def objective(params, micro_batch):
+    def objective(params, frozen, micro_batch):
         """(sum of L_theta over the selected tokens, loss sums) of one micro-batch."""
-        batch, ref_loss, ref_entropy, selected = micro_batch
-        loss = token_losses(model_graphdef, params, batch)[0]
+        batch, ref_loss, ref_entropy, selected, dropout_key = micro_batch
+        loss = trained_token_losses(model_state(params, frozen), batch, dropout_key)
         if selected is None:
             scored_loss = jax.lax.stop_gradient(loss) if cfg.needs_model_loss else None
             selected = select_in_scope(cfg, batch["valid"], scored_loss, ref_loss, ref_entropy)
@@ -153,16 +185,22 @@ def build_train_step(
         params = state.params
         micro = split_micro_batches(batch, accumulation_steps)
         ref_loss, ref_entropy = reference_scores(ref_params, micro)
-        selected = global_selection(params, micro, ref_loss, ref_entropy) if preselect else None
+        selected = global_selection(state.model_params, micro, ref_loss, ref_entropy) if preselect else None
         loss_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.float32)
         mask_shape = jax.ShapeDtypeStruct(micro["valid"].shape[1:], jnp.bool_)
         sums_shape = jax.eval_shape(slm.loss_sums, loss_shape, mask_shape, mask_shape,
                                     loss_shape if has_reference else None)
-        grads, sums = accumulate(objective, params, (micro, ref_loss, ref_entropy, selected), sums_shape)
+        dropout_keys = None
+        if dropout_seed is not None:
+            step_key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+            dropout_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(accumulation_steps))
+        grads, sums = accumulate(lambda p, m: objective(p, state.frozen, m), params,
+                                 (micro, ref_loss, ref_entropy, selected, dropout_keys), sums_shape)
         # d/dθ [sum(selected * L) / K] with K the number of selected tokens in the global batch.
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["num_selected"], 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        new_state = TrainState(step=state.step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state)
+        new_state = TrainState(step=state.step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state,
+                               frozen=state.frozen)
         metrics = slm.finalize_metrics(sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state.step)
@@ -171,16 +209,18 @@ def build_train_step(
     return step
 
 
-def state_shardings(params: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Shardings of a TrainState: parameters by the logical-axis rules, optimizer moments like
-    their parameters, scalars (step, counts) replicated."""
+def state_shardings(params: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    frozen: nnx.State | None = None) -> TrainState:
+    """Shardings of a TrainState: parameters (and the `frozen` rest, if any) by the logical-axis
+    rules, optimizer moments like their parameters, scalars (step, counts) replicated."""
     params_sharding = param_shardings(params, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, params)
     opt_sharding = optax.tree_map_params(
         optimizer, lambda _, sharding: sharding, abstract_opt, params_sharding,
         transform_non_params=lambda _: replicated(mesh),
     )
-    return TrainState(step=replicated(mesh), params=params_sharding, opt_state=opt_sharding)
+    frozen_sharding = None if frozen is None else param_shardings(frozen, mesh)
+    return TrainState(step=replicated(mesh), params=params_sharding, opt_state=opt_sharding, frozen=frozen_sharding)
 
 
 def init_train_state(model: Llama, optimizer: optax.GradientTransformation, mesh: Mesh) -> tuple[TrainState, TrainState]:
@@ -194,11 +234,13 @@ def init_train_state(model: Llama, optimizer: optax.GradientTransformation, mesh
     return new_train_state(params, optimizer, shardings), shardings
 
 
-def new_train_state(params: nnx.State, optimizer: optax.GradientTransformation, shardings: TrainState) -> TrainState:
-    """Step 0 with fresh optimizer state for `params` (already placed with `shardings.params`)."""
+def new_train_state(params: nnx.State, optimizer: optax.GradientTransformation, shardings: TrainState,
+                    frozen: nnx.State | None = None) -> TrainState:
+    """Step 0 with fresh optimizer state for `params` (already placed with `shardings.params`;
+    `frozen` with `shardings.frozen`)."""
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-    return TrainState(step=step, params=params, opt_state=opt_state)
+    return TrainState(step=step, params=params, opt_state=opt_state, frozen=frozen)
 
 
 def place_reference(reference: Llama, mesh: Mesh) -> tuple[nnx.State, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -37,6 +37,14 @@ PROJECTIONS: dict[str, int] = {
     "self_attn.q_proj": 1, "self_attn.k_proj": 1, "self_attn.v_proj": 1, "self_attn.o_proj": 2,
     "mlp.gate_proj": 1, "mlp.up_proj": 1, "mlp.down_proj": 1,
 }
+
+
+ALL_LINEAR = "all-linear"  # PEFT's name for every projection
+
+
+def projection_names() -> list[str]:
+    """The names a target module may have: each projection's short name (`q_proj`) and full name (`self_attn.q_proj`)."""
+    return [p.split(".")[1] for p in PROJECTIONS] + list(PROJECTIONS)
 
 
 def projection_dims(cfg: ModelConfig, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -121,14 +129,15 @@ class LoraSpec:
     @classmethod
     def uniform(cls, cfg: ModelConfig, r: int, alpha: float, target_modules: list[str], use_rslora: bool = False,
                 dropout: float = 0.0) -> LoraSpec:
-        """Rank `r` and `alpha` on the named projections (short names like `q_proj` or `PROJECTIONS` keys) of every layer."""
+        """Rank `r` and `alpha` on the named projections (`projection_names()` or `all-linear`) of every layer."""
         if r < 1:
             raise ValueError(f"LoRA rank r must be >= 1, got {r}.")
         names = {}
         for module in target_modules:
-            matches = [p for p in PROJECTIONS if p == module or p.endswith("." + module)]
+            matches = [p for p in PROJECTIONS if module == ALL_LINEAR or p == module or p.endswith("." + module)]
             if not matches:
-                raise ValueError(f"LoRA target module {module!r} names no projection; choose from {sorted(PROJECTIONS)}.")
+                raise ValueError(f"LoRA target module {module!r} names no projection; choose from {projection_names()} "
+                                 f"or {ALL_LINEAR!r}.")
             names.update(dict.fromkeys(matches))
         layers = cfg.num_hidden_layers
         return cls({n: LoraTarget((r,) * layers, (float(alpha),) * layers) for n in names}, use_rslora, dropout)
@@ -186,20 +195,31 @@ def _projection_module(model: nnx.Module, name: str) -> tuple[nnx.Module, str]:
     return getattr(model.layers, block), proj
 
 
-def merge_lora(model: Llama, adapter: LoraAdapter) -> Llama:
-    """A new `Llama` with every adapted kernel replaced by `kernel + scale * a @ b` (float32, cast back)."""
+def _adapted_copy(model: Llama, adapter: LoraAdapter, replace: Callable[[str, nnx.LinearGeneral], nnx.Module]) -> Llama:
+    """A new `Llama` (see `_new_model`) in which every projection `name` that `adapter` targets is
+    `replace(name, projection)`; refused for a model that already carries adapters."""
     adapter.check_compatible(model.config)
-    merged = _new_model(model)
+    copy = _new_model(model)
     for name in adapter.spec.targets:
-        parent, proj = _projection_module(merged, name)
+        parent, proj = _projection_module(copy, name)
         linear = getattr(parent, proj)
         if isinstance(linear, LoraLinear):
-            raise ValueError("merge_lora needs a model without adapters; call without_lora(model) first.")
+            raise ValueError(f"{name} already carries an adapter; pass the base model (without_lora(model)).")
+        setattr(parent, proj, replace(name, linear))
+    return copy
+
+
+def merge_lora(model: Llama, adapter: LoraAdapter) -> Llama:
+    """A new `Llama` with every adapted kernel replaced by `kernel + scale * a @ b` (float32, cast back)."""
+
+    def merged(name: str, linear: nnx.LinearGeneral) -> nnx.LinearGeneral:
         kernel = linear.kernel[...]
         delta = _stacked_delta(adapter.weights[name]["lora_a"], adapter.weights[name]["lora_b"],
                                jnp.asarray(adapter.spec.scales(name)))
         linear.kernel.set_value((kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
-    return merged
+        return linear
+
+    return _adapted_copy(model, adapter, merged)
 
 
 @jax.jit
@@ -210,6 +230,10 @@ def _stacked_delta(a: jax.Array, b: jax.Array, scale: jax.Array) -> jax.Array:
     b2 = b.astype(jnp.float32).reshape(layers, rank, -1)
     delta = jnp.einsum("lir,lro->lio", a2, b2, precision=jax.lax.Precision.HIGHEST) * scale[:, None, None]
     return delta.reshape(a.shape[:-1] + b.shape[2:])
+
+
+# nnx filter of the trainable adapter weights of a `with_lora` model (everything else is the frozen base).
+ADAPTER_PARAMS = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("lora_a"), nnx.PathContains("lora_b")))
 
 
 class LoraScale(nnx.Variable):
@@ -270,23 +294,19 @@ def set_lora_dropout(model: Llama, key: jax.Array | None) -> None:
 def with_lora(model: Llama, adapter: LoraAdapter) -> Llama:
     """A new `Llama` (sharing `model`'s base weights) whose adapted projections are `LoraLinear`.
 
-    The adapter weights keep their dtype; `model` itself is left unchanged.
+    The adapter weights keep their dtype and are sharded like the base kernel's input axes (`lora_a`)
+    and output axes (`lora_b`); `model` itself is left unchanged.
     """
-    adapter.check_compatible(model.config)
-    wrapped = _new_model(model)
-    for name in adapter.spec.targets:
-        parent, proj = _projection_module(wrapped, name)
-        linear = getattr(parent, proj)
-        if isinstance(linear, LoraLinear):
-            raise ValueError(f"{name} already carries an adapter; call with_lora on without_lora(model).")
+
+    def wrapped(name: str, linear: nnx.LinearGeneral) -> LoraLinear:
         kernel_axes = linear.kernel.get_metadata().get("out_sharding") or (None,) * linear.kernel[...].ndim
         n_in = PROJECTIONS[name]
         in_axes, out_axes = tuple(kernel_axes[1:1 + n_in]), tuple(kernel_axes[1 + n_in:])
         weights = adapter.weights[name]
-        setattr(parent, proj, LoraLinear(linear, jnp.asarray(weights["lora_a"]), jnp.asarray(weights["lora_b"]),
-                                         jnp.asarray(adapter.spec.scales(name)), in_axes, out_axes,
-                                         adapter.spec.dropout))
-    return wrapped
+        return LoraLinear(linear, jnp.asarray(weights["lora_a"]), jnp.asarray(weights["lora_b"]),
+                          jnp.asarray(adapter.spec.scales(name)), in_axes, out_axes, adapter.spec.dropout)
+
+    return _adapted_copy(model, adapter, wrapped)
 
 
 def lora_from_model(model: Llama, spec: LoraSpec) -> LoraAdapter:
@@ -298,6 +318,26 @@ def lora_from_model(model: Llama, spec: LoraSpec) -> LoraAdapter:
         if not isinstance(linear, LoraLinear):
             raise ValueError(f"{name} of this model carries no adapter (the spec names it).")
         weights[name] = {"lora_a": linear.lora_a[...], "lora_b": linear.lora_b[...]}
+    return LoraAdapter(spec, weights)
+
+
+def adapter_params(adapter: LoraAdapter) -> dict[str, Any]:
+    """The adapter's weights as the pure dict of a `with_lora` model's `ADAPTER_PARAMS` state:
+    `{"layers": {block: {projection: {"lora_a": ..., "lora_b": ...}}}}`."""
+    tree: dict[str, Any] = {}
+    for name, pair in adapter.weights.items():
+        block, proj = name.split(".")
+        tree.setdefault(block, {})[proj] = {"lora_a": pair["lora_a"], "lora_b": pair["lora_b"]}
+    return {"layers": tree}
+
+
+def adapter_from_params(spec: LoraSpec, params: Mapping[str, Any]) -> LoraAdapter:
+    """The adapter of `spec` whose weights are `params` (laid out as `adapter_params` returns them)."""
+    weights = {}
+    for name in spec.targets:
+        block, proj = name.split(".")
+        pair = params["layers"][block][proj]
+        weights[name] = {"lora_a": pair["lora_a"], "lora_b": pair["lora_b"]}
     return LoraAdapter(spec, weights)
 
 

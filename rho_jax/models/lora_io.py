@@ -28,13 +28,26 @@ def is_lora_dir(path: str | Path) -> bool:
     return (Path(path) / LORA_CONFIG).is_file()
 
 
+def lora_config_json(spec: LoraSpec) -> str:
+    """The text of a `lora_config.json` describing `spec`."""
+    return json.dumps({"format": _FORMAT, **spec.to_dict()}, indent=2)
+
+
+def read_lora_config(path: str | Path) -> LoraSpec:
+    """The `LoraSpec` in a `lora_config.json` file; a `ValueError` naming the file if it is malformed."""
+    try:
+        return LoraSpec.from_dict(json.loads(Path(path).read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a rho_jax LoRA config ({err}).") from err
+
+
 def save_lora(adapter: LoraAdapter, path: str | Path) -> Path:
     """Write `adapter` (float32 tensors as stored) to the directory `path`, atomically."""
     tensors = {f"{name}.{key}": np.asarray(array, np.float32)
                for name, pair in adapter.weights.items() for key, array in pair.items()}
     with atomic_directory(path) as staging:
         save_file(tensors, str(staging / LORA_WEIGHTS), metadata={"format": _FORMAT})
-        (staging / LORA_CONFIG).write_text(json.dumps({"format": _FORMAT, **adapter.spec.to_dict()}, indent=2))
+        (staging / LORA_CONFIG).write_text(lora_config_json(adapter.spec))
     return Path(path)
 
 
@@ -43,11 +56,7 @@ def load_lora(path: str | Path, dtype: Any = jnp.float32) -> LoraAdapter:
     path = Path(path)
     if not is_lora_dir(path):
         raise FileNotFoundError(f"{path} has no {LORA_CONFIG}; expected a rho_jax LoRA adapter directory.")
-    try:
-        data = json.loads((path / LORA_CONFIG).read_text())
-        spec = LoraSpec.from_dict(data)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path / LORA_CONFIG}: not a rho_jax LoRA config ({err}).") from err
+    spec = read_lora_config(path / LORA_CONFIG)
     checkpoint = SafetensorsCheckpoint(path)
     weights = {}
     for name in spec.targets:

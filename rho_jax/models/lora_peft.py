@@ -26,13 +26,12 @@ from safetensors.numpy import save_file
 
 from rho_jax.models.atomic_dir import atomic_directory
 from rho_jax.models.config import ModelConfig
-from rho_jax.models.lora import PROJECTIONS, LoraAdapter, LoraSpec, LoraTarget, projection_dims
+from rho_jax.models.lora import ALL_LINEAR, PROJECTIONS, LoraAdapter, LoraSpec, LoraTarget, projection_dims
 from rho_jax.models.safetensors_io import SafetensorsCheckpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-_ALL_LINEAR = "all-linear"
 # Modules of LlamaForCausalLM / MistralForCausalLM that PEFT could adapt but rho_jax adapters do not cover.
 _UNSUPPORTED_MODULES = ("model.embed_tokens", "lm_head")
 # Fields that describe the adapter and are read here.
@@ -79,7 +78,7 @@ def _refuse_unsupported(config: dict[str, Any], source: Path) -> None:
 
 
 def _targets_module(target_modules: str | list[str], name: str) -> bool:
-    if target_modules == _ALL_LINEAR:
+    if target_modules == ALL_LINEAR:
         return name not in _UNSUPPORTED_MODULES
     if isinstance(target_modules, str):
         return re.fullmatch(target_modules, name) is not None

@@ -1,8 +1,9 @@
 """Training checkpoints with orbax: token-interval saves, async writes, retention, safe resume.
 
 Layout: `<run>/checkpoints/<step>/` with four orbax items
-    params     `{param_path: array}` (same tree as a rho_jax model directory's `params/`)
-    opt_state  the optax state
+    params     `{param_path: array}` (same tree as a rho_jax model directory's `params/`); in a LoRA
+               run only the adapters' (`layers/<block>/<projection>/lora_a|lora_b`), never the base
+    opt_state  the optax state (of what `params` holds)
     progress   JSON: step, tokens seen, seed
     data       the grain iterator state of every process (one JSON file per process); only for data
                whose position is per process (raw documents; prepared rows resume from `step`)
@@ -48,6 +49,8 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from rho_jax.integrity import directory_manifest, manifest_bytes, verify_manifest, write_json_atomic
+from rho_jax.models import ModelConfig
+from rho_jax.models.lora import LoraAdapter, LoraSpec, adapter_from_params, adapter_params, init_lora
 from rho_jax.step import TrainState
 from rho_jax.training.checkpoint_errors import (
     CheckpointRestoreFailed,
@@ -144,7 +147,9 @@ class Checkpointer:
         step = int(progress["step"])
         if step in self.manager.all_steps():
             return
-        self.poll()
+        # orbax waits for the previous save before starting one anyway; waiting here first lets a failure
+        # of that save be reported as its own (not as this step's).
+        self._finished_or_raise()
         self._check_free_space(step)
         items = dict(
             params=ocp.args.StandardSave(nnx.to_pure_dict(state.params)),
@@ -356,6 +361,17 @@ def load_checkpoint_params(checkpoint_dir: str | Path, abstract_params: nnx.Stat
         restored = checkpointer.restore(Path(checkpoint_dir).absolute() / "params",
                                         _params_target(abstract_params, shardings))
     return _params_state(abstract_params, restored)
+
+
+def load_checkpoint_adapter(checkpoint_dir: str | Path, spec: LoraSpec, cfg: ModelConfig) -> LoraAdapter:
+    """The LoRA adapter of `spec` saved in one checkpoint directory of a LoRA run (whose `params`
+    item holds only the adapter weights), restored whole onto the first local device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda: adapter_params(init_lora(cfg, spec)))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(Path(checkpoint_dir).absolute() / "params", target)
+    return adapter_from_params(spec, restored)
 
 
 def checkpoint_steps(run_dir: str | Path) -> list[int]:

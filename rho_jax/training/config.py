@@ -5,7 +5,7 @@ Sections (each a frozen dataclass, checked strictly by `rho_jax.training.schema.
     model        the trained model: from scratch (a model config file), a local HF directory or a
                  Hugging Face Hub id (owner/name[@revision]), or a rho_jax checkpoint (a training
                  run directory, one of its checkpoints, or a model directory from
-                 `python -m rho_jax.convert to-orbax`)
+                 `python -m rho_jax.convert to-orbax`); `model.lora` trains LoRA adapters on it
     reference    the frozen reference model (hf or checkpoint), `precomputed` (its scores stored
                  beside the prepared rows by `python -m rho_jax.score`), or null for plain CLM
     slm          ratio, score function, selection scope (default: paper settings with a
@@ -31,12 +31,63 @@ import yaml
 
 from rho_jax.data.config import DataConfig, SourceConfig
 from rho_jax.models.llama import ModelOptions
+from rho_jax.models.lora import ALL_LINEAR, projection_names
 from rho_jax.optimizer import OptimizerConfig
 from rho_jax.sharding import MeshConfig
 from rho_jax.slm import SLMConfig, check_reference
 from rho_jax.training.schema import ConfigError, build, to_data
 
 MODEL_INITS = ("scratch", "hf", "checkpoint", "precomputed")
+LORA_DEFAULTS = {"r": 8, "alpha": 8.0, "target_modules": ("q_proj", "v_proj"), "rslora": False, "dropout": 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA training: the model's weights stay frozen, adapters `scale * (x @ A) @ B` on the named
+    projections are trained (`rho_jax.models.lora`; scale = alpha / r, alpha / sqrt(r) with rslora).
+
+    r, alpha, target_modules, rslora: the adapter of a new run (unset: `LORA_DEFAULTS`, PEFT's).
+      target_modules: projection names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`,
+      `up_proj`, `down_proj`, or with their block: `self_attn.q_proj`), or `all-linear`.
+    init: an adapter to train further instead of a new one: a PEFT adapter directory, a rho_jax
+      adapter directory, or a LoRA training run (its newest checkpoint); it fixes r, alpha,
+      target_modules and rslora (leave them unset).
+    dropout: PEFT's lora_dropout on the adapters' input during training (unset: 0, or the init
+      adapter's).
+    """
+
+    r: int | None = None
+    alpha: float | None = None
+    target_modules: tuple[str, ...] | None = None
+    rslora: bool | None = None
+    dropout: float | None = None
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.init is not None:
+            fixed = [name for name in ("r", "alpha", "target_modules", "rslora") if getattr(self, name) is not None]
+            if fixed:
+                raise ValueError(f"init: the adapter at {self.init} fixes {', '.join(fixed)}; remove "
+                                 f"{'them' if len(fixed) > 1 else 'it'} (only dropout may be set with init).")
+        if self.r is not None and self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}.")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}.")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.target_modules is not None:
+            if not self.target_modules:
+                raise ValueError("target_modules is empty; name at least one projection.")
+            available = projection_names()
+            unknown = [m for m in self.target_modules if m != ALL_LINEAR and m not in available]
+            if unknown:
+                raise ValueError(f"target_modules {unknown} match no projection of a Llama/Mistral layer; "
+                                 f"available: {', '.join(available)} or {ALL_LINEAR}.")
+
+    def resolved(self, name: str) -> Any:
+        """Field `name` with its default filled in (`LORA_DEFAULTS`)."""
+        value = getattr(self, name)
+        return LORA_DEFAULTS[name] if value is None else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +102,17 @@ class ModelSource:
       model directory),
       or, for a reference only, `precomputed`: no model; every data source carries the `scores` that
       `python -m rho_jax.score` computed with the reference.
-    options: how the model computes (dtypes, scan, remat, attention); see `ModelOptions`.
+    options: how the model computes (dtypes, scan, remat, attention); see `ModelOptions`. With
+      `lora`, `options.param_dtype` is the storage dtype of the frozen base (e.g. bfloat16); the
+      adapters and their optimizer state are float32.
+    lora: train LoRA adapters on this (frozen) model instead of the model itself (`LoraConfig`).
     """
 
     init: str = "scratch"
     path: str | None = None
     config: str | None = None
     options: ModelOptions = ModelOptions()
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
         if self.init not in MODEL_INITS:
@@ -226,6 +281,10 @@ class RunConfig:
             object.__setattr__(self, "slm", SLMConfig() if self.reference is not None else SLMConfig(ratio=1.0))
         if self.reference is not None and self.reference.init == "scratch":
             raise ConfigError("reference.init: a reference model must be trained; use init: hf or checkpoint.")
+        if self.reference is not None and self.reference.lora is not None:
+            raise ConfigError("reference.lora: the reference is never trained; to use a model with a trained adapter as "
+                              "the reference, point reference (init: checkpoint) at the LoRA run, or merge the adapter "
+                              "(python -m rho_jax.convert merge) and use init: hf.")
         if self.model.init == "precomputed":
             raise ConfigError("model.init: precomputed is for the reference only (its stored scores); the trained "
                               "model needs scratch, hf or checkpoint.")

@@ -4,6 +4,8 @@ Sources: `scratch` (random init from a model config file, created directly in it
 `hf` (a local HF directory, or a Hugging Face Hub id `owner/name[@revision]` fetched into the HF
 cache by `rho_jax.models.hub`), `checkpoint` (a rho_jax training run -> its newest checkpoint, one
 `<run>/checkpoints/<step>` directory, or a rho_jax model directory from `convert to-orbax`).
+A LoRA run's checkpoint (`model.lora`: only adapters) loads as its base (the run's own `model`)
+with the adapter merged in. `load_adapter` reads a LoRA adapter from any of the places one lives.
 """
 
 from __future__ import annotations
@@ -18,12 +20,28 @@ from jax.sharding import Mesh
 from rho_jax.data.tokenizer import has_tokenizer_files
 from rho_jax.models import Llama, ModelConfig, load_hf, load_orbax, read_hf_config
 from rho_jax.models.hub import resolve_local_dir
+from rho_jax.models.lora import LoraAdapter, merge_lora
+from rho_jax.models.lora_io import LORA_CONFIG, is_lora_dir, load_lora
+from rho_jax.models.lora_peft import ADAPTER_CONFIG, load_peft
 from rho_jax.models.orbax_io import is_orbax_model_dir
 from rho_jax.models.params import abstract_model
 from rho_jax.sharding import param_shardings
-from rho_jax.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint_dir, load_checkpoint_params
+from rho_jax.training.checkpoint import (
+    CHECKPOINTS_DIR,
+    latest_checkpoint_dir,
+    load_checkpoint_adapter,
+    load_checkpoint_params,
+)
 from rho_jax.training.config import ConfigError, ModelSource
-from rho_jax.training.run_dir import TOKENIZER_DIR, is_run_dir, run_model_config
+from rho_jax.training.run_dir import (
+    TOKENIZER_DIR,
+    is_lora_run,
+    is_run_dir,
+    run_lora_spec,
+    run_model_config,
+    stored_run_config,
+)
+from rho_jax.training.schema import build
 
 
 def _checkpoint_dir(path: Path) -> Path | None:
@@ -118,8 +136,55 @@ def load_params(source: ModelSource, cfg: ModelConfig, abstract: nnx.State, mesh
         return jax.jit(create, out_shardings=shardings)()
     path = _source_dir(source, what)
     step_dir = _checkpoint_dir(path) if source.init == "checkpoint" else None
+    if step_dir is not None and is_lora_run(step_dir.parent.parent):
+        return place_loaded(nnx.state(_merged_lora_run(step_dir, source, mesh, what), nnx.Param), shardings)
     if step_dir is not None:
         return load_checkpoint_params(step_dir, abstract, shardings)
     opts = source.options
     model = load_hf(path, options=opts) if source.init == "hf" else load_orbax(path, options=opts)
     return place_loaded(nnx.state(model, nnx.Param), shardings)
+
+
+def _merged_lora_run(step_dir: Path, source: ModelSource, mesh: Mesh, what: str) -> Llama:
+    """The base model of the LoRA run owning `step_dir` (its `model`, computing with `source.options`)
+    with the adapter of that checkpoint merged in."""
+    run = step_dir.parent.parent
+    stored = stored_run_config(run)
+    base = build(ModelSource, {**stored["model"], "options": source.options, "lora": None}, f"{run}/config.yaml: model")
+    seed = int(stored["train"].get("seed", 0))
+    return merge_lora(load_model(base, mesh, seed, f"{what} (the base of LoRA run {run})"), run_adapter(step_dir))
+
+
+def run_adapter(path: str | Path) -> LoraAdapter:
+    """The adapter of a LoRA training run (its newest checkpoint) or of one of its checkpoints."""
+    step_dir = _checkpoint_dir(Path(path))
+    if step_dir is None or not is_lora_run(step_dir.parent.parent):
+        raise ValueError(f"{path} is not a LoRA training run (model.lora) nor one of its checkpoints/<step> directories.")
+    run = step_dir.parent.parent
+    return load_checkpoint_adapter(step_dir, run_lora_spec(run), run_model_config(run))
+
+
+def is_adapter_source(path: str | Path) -> bool:
+    """Whether `path` holds a LoRA adapter `load_adapter` reads (rather than a model)."""
+    path = Path(path)
+    step_dir = _checkpoint_dir(path)
+    return (is_lora_dir(path) or (path / ADAPTER_CONFIG).is_file()
+            or (step_dir is not None and is_lora_run(step_dir.parent.parent)))
+
+
+def load_adapter(path: str | Path, cfg: ModelConfig) -> LoraAdapter:
+    """A LoRA adapter for a model of config `cfg`, checked against it: a rho_jax adapter directory, a
+    LoRA training run (newest checkpoint) or one of its checkpoints, or a PEFT adapter directory.
+    `FileNotFoundError` when `path` is none of these, `ValueError` when the adapter does not fit `cfg`."""
+    path = Path(path)
+    if is_lora_dir(path):
+        adapter = load_lora(path)
+    elif _checkpoint_dir(path) is not None:
+        adapter = run_adapter(path)
+    elif (path / ADAPTER_CONFIG).is_file():
+        adapter = load_peft(path, cfg)
+    else:
+        raise FileNotFoundError(f"{path} is not a LoRA adapter: neither a PEFT adapter directory ({ADAPTER_CONFIG}), "
+                                f"a rho_jax adapter directory ({LORA_CONFIG}), nor a LoRA training run.")
+    adapter.check_compatible(cfg)
+    return adapter

@@ -4,6 +4,9 @@
     config.yaml         the resolved run configuration
     model_config.json   the trained model's architecture (HF config fields)
     tokenizer/          the tokenizer the run was trained with
+    lora_spec.json      LoRA runs only: the adapter's projections, per-layer ranks/alphas, rslora and
+                        dropout (a `LoraSpec`, as in a rho_jax adapter's lora_config.json); the
+                        checkpoints hold only the adapter weights
     checkpoints/<step>/ orbax checkpoints (`rho_jax.training.checkpoint`)
     metrics.jsonl       one JSON object per training step
     eval.jsonl          one JSON object per (evaluation, held-out set)
@@ -29,6 +32,8 @@ from rho_jax.data.fingerprint import fingerprint_changes
 from rho_jax.integrity import write_json_atomic, write_text_atomic
 from rho_jax.models import ModelConfig
 from rho_jax.models.atomic_dir import copy_tokenizer_files
+from rho_jax.models.lora import LoraSpec
+from rho_jax.models.lora_io import lora_config_json, read_lora_config
 from rho_jax.training.checkpoint import checkpoint_steps
 from rho_jax.training.config import ConfigError, RunConfig, config_differences
 from rho_jax.training.run_lock import LOCK_FILE
@@ -45,6 +50,7 @@ EVAL_FILE = "eval.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 DONE_FILE = "done.json"
 DATA_FINGERPRINT_FILE = "data_fingerprint.json"
+LORA_SPEC_FILE = "lora_spec.json"
 WRITE_PROBE = ".write-test-"
 
 # Settings that may change between a run and its resumption (they do not change what is trained;
@@ -143,12 +149,14 @@ def check_data_unchanged(path: Path, fingerprint: dict) -> None:
 
 
 def initialize_run_dir(path: Path, cfg: RunConfig, model_config: ModelConfig, tokenizer_dir: str | Path,
-                       data_fingerprint: dict) -> None:
-    """Write (or refresh) the resolved config, model config, tokenizer and marker, and, unless the
-    run already has checkpoints, the data fingerprint (process 0 only). Every file is replaced
-    atomically, so a kill never leaves one half-written."""
+                       data_fingerprint: dict, lora_spec: LoraSpec | None = None) -> None:
+    """Write (or refresh) the resolved config, model config, LoRA spec (LoRA runs), tokenizer and
+    marker, and, unless the run already has checkpoints, the data fingerprint (process 0 only).
+    Every file is replaced atomically, so a kill never leaves one half-written."""
     write_text_atomic(path / CONFIG_FILE, cfg.to_yaml())
     write_text_atomic(path / MODEL_CONFIG_FILE, json.dumps(model_config.to_hf_dict(), indent=2))
+    if lora_spec is not None:
+        write_text_atomic(path / LORA_SPEC_FILE, lora_config_json(lora_spec))
     if not (checkpoint_steps(path) and (path / DATA_FINGERPRINT_FILE).is_file()):
         write_json_atomic(path / DATA_FINGERPRINT_FILE, data_fingerprint)
     (path / TOKENIZER_DIR).mkdir(exist_ok=True)
@@ -158,3 +166,18 @@ def initialize_run_dir(path: Path, cfg: RunConfig, model_config: ModelConfig, to
 
 def run_model_config(run: str | Path) -> ModelConfig:
     return ModelConfig.from_file(Path(run) / MODEL_CONFIG_FILE)
+
+
+def is_lora_run(run: str | Path) -> bool:
+    """Whether `run` is a training run of LoRA adapters (its checkpoints hold only the adapters)."""
+    return is_run_dir(run) and (Path(run) / LORA_SPEC_FILE).is_file()
+
+
+def run_lora_spec(run: str | Path) -> LoraSpec:
+    """The adapter spec of a LoRA run (`lora_spec.json`)."""
+    return read_lora_config(Path(run) / LORA_SPEC_FILE)
+
+
+def stored_run_config(run: str | Path) -> dict:
+    """The configuration `run` was trained with, as plain data (its config.yaml)."""
+    return _stored_config(Path(run))

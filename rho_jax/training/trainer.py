@@ -1,6 +1,9 @@
 """The training run: a `Trainer` set up from a `RunConfig` (preflight, restore or init, reference,
 jitted steps), then its loop: step, log, evaluate, checkpoint, stop on a signal or a NaN.
 
+With `model.lora` only LoRA adapters are trained on the frozen model (`rho_jax.training.lora_setup`:
+the train state's `params` are the adapters, its `frozen` part the base, which is never saved).
+
 Rerunning the same run resumes from the newest complete checkpoint. SIGTERM (preemption) or Ctrl-C
 saves a checkpoint after the current step (on several processes, which agree one step late: after
 the next one) and `run` returns `STOPPED` (75: rerun to resume). A NaN/Inf loss raises
@@ -32,6 +35,7 @@ from rho_jax.data.scores import SCORE_FIELDS
 from rho_jax.evaluation.heldout import build_eval_step, evaluate
 from rho_jax.evaluation.in_training import TaskEvaluator
 from rho_jax.integrity import write_json_atomic
+from rho_jax.models.lora import LoraAdapter
 from rho_jax.optimizer import learning_rate_schedule, make_optimizer
 from rho_jax.sharding import batch_sharding, param_shardings
 from rho_jax.step import TrainState, build_train_step, jit_train_step, new_train_state, state_shardings
@@ -40,6 +44,7 @@ from rho_jax.training.checkpoint import Checkpointer, interval_crossed
 from rho_jax.training.checkpoint_errors import CheckpointSaveFailed
 from rho_jax.training.cluster import barrier, is_primary
 from rho_jax.training.config import RunConfig
+from rho_jax.training.lora_setup import check_same_adapter, initial_adapter, load_lora_state, lora_model_graph
 from rho_jax.training.model_sources import load_params, model_graph
 from rho_jax.training.preflight import RunInputs, preflight
 from rho_jax.training.run_dir import DONE_FILE, initialize_run_dir
@@ -81,19 +86,28 @@ class Trainer:
         """Preflight (all refusals), then the run directory, the train state (restored or new), the
         reference, and the jitted steps."""
         inputs = preflight(cfg)
+        adapter = initial_adapter(cfg.model, inputs.model_config, cfg.train.seed) if cfg.model.lora else None
+        if adapter is not None:
+            check_same_adapter(inputs.run_dir, adapter.spec)
         if is_primary():
-            initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, inputs.tokenizer_dir, inputs.data_fingerprint)
+            initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, inputs.tokenizer_dir, inputs.data_fingerprint,
+                               adapter.spec if adapter else None)
         barrier("run-dir-initialized")
-        graphdef, abstract_params = model_graph(inputs.model_config, cfg.model)
+        if adapter is None:
+            (graphdef, abstract_params), abstract_frozen = model_graph(inputs.model_config, cfg.model), None
+        else:  # only the adapters are trained: the optimizer and the checkpoints see only them
+            graphdef, abstract_params, abstract_frozen = lora_model_graph(inputs.model_config, cfg.model, adapter.spec)
         optimizer_config = cfg.optimizer_config()
         optimizer = make_optimizer(optimizer_config, abstract_params)
-        shardings = state_shardings(abstract_params, optimizer, inputs.mesh)
+        shardings = state_shardings(abstract_params, optimizer, inputs.mesh, abstract_frozen)
         checkpointer = Checkpointer(inputs.run_dir, cfg.checkpoint, cfg.tokens_per_step, cfg.total_steps)
         state, tokens, data_iterator, resumed = _restore_or_init(cfg, inputs, checkpointer, optimizer, shardings,
-                                                                 abstract_params)
+                                                                 abstract_params, adapter)
         ref_graphdef, ref_params, ref_shardings = _reference(cfg, inputs)
+        dropout_seed = cfg.train.seed if adapter is not None and adapter.spec.dropout > 0 else None
         step = build_train_step(graphdef, ref_graphdef, cfg.slm, optimizer, learning_rate_schedule(optimizer_config),
-                                cfg.train.accumulation_steps, precomputed_reference=cfg.precomputed_reference)
+                                cfg.train.accumulation_steps, precomputed_reference=cfg.precomputed_reference,
+                                dropout_seed=dropout_seed)
         batch_keys = BATCH_KEYS + (SCORE_FIELDS if cfg.precomputed_reference else ())
         step_fn = jit_train_step(step, shardings, ref_shardings, inputs.mesh, batch_keys)
         eval_step = build_eval_step(graphdef, inputs.mesh, cfg.slm.ce_chunk_size) if inputs.eval_sets else None
@@ -120,11 +134,11 @@ class Trainer:
 
     def _evaluate(self, log_: TrainLog) -> None:
         if self.eval_sets:
-            results = {name: evaluate(self.eval_step, self.state.params, batches, self.mesh)
+            results = {name: evaluate(self.eval_step, self.state.model_params, batches, self.mesh)
                        for name, batches in self.eval_sets.items()}
             log_.evaluation(self.step, self.tokens, results)
         if self.task_evaluator is not None:
-            log_.evaluation(self.step, self.tokens, self.task_evaluator(self.state.params, self.step), kind="task")
+            log_.evaluation(self.step, self.tokens, self.task_evaluator(self.state.model_params, self.step), kind="task")
 
     def _record(self, output: _StepOutput, seconds: float) -> dict[str, Any]:
         """The log record of a finished step (waits for its metrics); `TrainingDiverged` if its loss is
@@ -265,16 +279,24 @@ class _Clock:
 
 
 def _restore_or_init(cfg: RunConfig, inputs: RunInputs, checkpointer: Checkpointer, optimizer: Any,
-                     shardings: TrainState, abstract_params: Any) -> tuple[TrainState, int, Any, bool]:
+                     shardings: TrainState, abstract_params: Any,
+                     adapter: LoraAdapter | None) -> tuple[TrainState, int, Any, bool]:
     """(state, tokens seen, data iterator, resumed): from the newest readable checkpoint (the data
-    positioned after its step), else fresh at step 0."""
+    positioned after its step), else fresh at step 0. A LoRA run (`adapter`: its initial adapter)
+    loads its frozen base either way; a checkpoint replaces only the adapters."""
     data_iterator = inputs.data_iterator
     restored = checkpointer.restore_latest(shardings, abstract_params, jax.eval_shape(optimizer.init, abstract_params),
                                            None if inputs.data_by_step else data_iterator)
+    if adapter is None:
+        frozen = None
+    else:
+        initial, frozen = load_lora_state(cfg.model, inputs.model_config, adapter, inputs.mesh, cfg.train.seed)
     if restored is None:
-        params = load_params(cfg.model, inputs.model_config, abstract_params, inputs.mesh, cfg.train.seed)
-        return new_train_state(params, optimizer, shardings), 0, data_iterator, False
+        params = (load_params(cfg.model, inputs.model_config, abstract_params, inputs.mesh, cfg.train.seed)
+                  if adapter is None else initial)
+        return new_train_state(params, optimizer, shardings, frozen), 0, data_iterator, False
     state, progress = restored
+    state = dataclasses.replace(state, frozen=frozen)
     if inputs.data_by_step:
         data_iterator = inputs.data_from(int(progress["step"]))
     return state, int(progress["tokens"]), data_iterator, True
