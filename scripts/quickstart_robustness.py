@@ -6,10 +6,11 @@
 
 Another CPU rounds floating point differently; near-ties at the top-k threshold then flip and the
 runs diverge. This script changes the rounding the same way, without changing the method: each
-variant runs the whole quickstart (its own reference, CLM and SLM per seed) with other numerics,
-then one table shows every (seed, variant) cell: SLM - CLM held-out loss at equal tokens and the
-share of the tokens SLM needed to reach CLM's final loss. Written to `<output>/robustness.md`
-and `.json`; each variant's full quickstart report stays in `<output>/<variant>/`.
+variant runs the whole quickstart (its own embedding model, curated reference data, reference, CLM
+and SLM per seed) with other numerics, then one table shows every (seed, variant) cell: SLM - CLM
+held-out loss at equal tokens and the share of the tokens SLM needed to reach CLM's final loss.
+Written to `<output>/robustness.md` and `.json`; each variant's full quickstart report stays in
+`<output>/<variant>/`.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     reports = {}
     for variant in args.variants:
         numerics = VARIANTS[variant]
-        # The reference is plain CLM: an slm section given to it must keep ratio 1.0.
+        # The embedding model and the reference are plain CLM: an slm section given to them must keep ratio 1.0.
         reference = (*numerics, "slm.ratio=1.0") if any(o.startswith("slm.") for o in numerics) else numerics
         settings = Settings(output=str(out / variant), seeds=tuple(args.seeds), configs=args.configs,
-                            corpus=corpus_spec(args.corpus), reference_overrides=reference,
+                            corpus=corpus_spec(args.corpus), embedder_overrides=reference, reference_overrides=reference,
                             overrides=(*numerics, *args.override))
         reports[variant] = run(settings)
     stats = summarize(reports)

@@ -1,10 +1,14 @@
-"""The CPU quickstart: its corpus (deterministic, disjoint, noise spans exact), token labels,
-curve arithmetic, the report figures, and a shrunken end-to-end run through the real training CLI."""
+"""The CPU quickstart: its corpus (deterministic, disjoint, contamination planted, noise spans exact),
+token labels, curve arithmetic, the report figures, and a shrunken end-to-end run through the real
+curation and training CLIs."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +16,30 @@ import pytest
 
 from rho_jax.data.tokenizer import load_tokenizer
 from rho_jax.quickstart import cli
-from rho_jax.quickstart.corpus import CorpusSpec, build_corpus, shipped_texts
+from rho_jax.quickstart.corpus import (
+    DECONTAMINATION_N,
+    HIGH_QUALITY_KINDS,
+    PLANT_VARIANTS,
+    CorpusSpec,
+    build_corpus,
+    shipped_texts,
+)
 from rho_jax.quickstart.curves import tokens_to_reach
 from rho_jax.quickstart.pipeline import QuickstartError, Settings, run
 from rho_jax.quickstart.probe import LABELS, labelled_document, probe_batches
 from rho_jax.quickstart.report import SeedResult, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = CorpusSpec(seed=3, reference_docs=200, noisy_docs=200, heldout_docs=60, offdomain_docs=30, vocab_size=1024)
+SMALL = CorpusSpec(seed=3, pool_clean_docs=200, pool_web_docs=40, pool_boilerplate_docs=20, pool_offdomain_docs=20,
+                   planted_docs=8, labelled_docs=120, noisy_docs=200, heldout_docs=60, offdomain_docs=30, vocab_size=1024)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_jsonl_gz(folder: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl.gz")) for line in gzip.open(path, "rt")]
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +51,42 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_corpus_is_deterministic_and_seeded(corpus: Path, tmp_path: Path) -> None:
     build_corpus(SMALL, tmp_path / "again")
-    for name in ("reference.jsonl", "noisy.jsonl", "heldout.jsonl", "tokenizer/tokenizer.json"):
+    for name in ("pool.jsonl", "annotations.jsonl", "noisy.jsonl", "heldout.jsonl", "tokenizer/tokenizer.json"):
         assert (tmp_path / "again" / name).read_bytes() == (corpus / name).read_bytes(), name
     other = CorpusSpec(**{**SMALL.__dict__, "seed": 4})
     build_corpus(other, tmp_path / "other")
     assert (tmp_path / "other" / "noisy.jsonl").read_bytes() != (corpus / "noisy.jsonl").read_bytes()
 
 
+def word_ngrams(text: str, n: int = DECONTAMINATION_N) -> set[tuple[str, ...]]:
+    """Independent of rho_jax.curation.ngrams: casefolded runs of letters and digits."""
+    words = re.findall(r"[^\W_]+", text.casefold())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
 def test_corpus_splits_are_disjoint_and_noise_spans_are_exactly_the_injected_text(corpus: Path) -> None:
     problems = set(shipped_texts("gsm_symbolic"))
     offdomain = set(shipped_texts("offdomain"))
-    reference = [r["text"] for r in read_jsonl(corpus / "reference.jsonl")]
+    pool = read_jsonl(corpus / "pool.jsonl")
     heldout = [r["text"] for r in read_jsonl(corpus / "heldout.jsonl")]
     noisy = read_jsonl(corpus / "noisy.jsonl")
-    assert len(reference) == 200 and len(heldout) == 60 and len(noisy) == 230
+    assert Counter(r["kind"] for r in pool) == {"clean": 200, "web": 40, "boilerplate": 20, "offdomain": 20, "contaminated": 8}
+    assert len({r["id"] for r in pool}) == len(pool)
+    reference = [r["text"] for r in pool if r["kind"] == "clean"]
+    assert len(heldout) == 60 and len(noisy) == 230
     assert set(reference) <= problems and set(heldout) <= problems and not set(reference) & set(heldout)
+    # Planted contamination: each a held-out problem, verbatim or reformatted; the variants take turns.
+    planted = [r["text"] for r in pool if r["kind"] == "contaminated"]
+    variants = Counter(name for text in planted for name, change in PLANT_VARIANTS.items()
+                       if any(change(h) == text for h in heldout))
+    assert variants == {name: 2 for name in PLANT_VARIANTS}
+    held_grams = set().union(*map(word_ngrams, heldout))
+    assert all(word_ngrams(text) & held_grams for text in planted)
+    # The annotator's labels: a sample of the pool, high quality iff a clean worked problem.
+    kinds = {r["id"]: r["kind"] for r in pool}
+    annotations = read_jsonl(corpus / "annotations.jsonl")
+    assert len(annotations) == 120 and {a["label"] for a in annotations} == {0, 1}
+    assert all(a["label"] == (kinds[a["id"]] in HIGH_QUALITY_KINDS) for a in annotations)
 
     recovered_problems, offdomain_docs, web_chars, total_chars = [], 0, 0, 0
     for record in noisy:
@@ -74,6 +111,7 @@ def test_corpus_splits_are_disjoint_and_noise_spans_are_exactly_the_injected_tex
     assert offdomain_docs == 30
     assert set(recovered_problems) <= problems
     assert not set(recovered_problems) & (set(reference) | set(heldout))
+    assert not {r["text"] for r in pool if r["kind"] == "offdomain"} & {r["text"] for r in noisy}
     assert 0.1 < web_chars / total_chars < 0.5
 
 
@@ -151,6 +189,7 @@ SHRUNKEN = dict(
     seeds=(0, 1),
     configs=str(ROOT / "configs" / "quickstart"),
     corpus=SMALL,
+    embedder_overrides=("train.total_steps=8", "optimizer.warmup_steps=2", "logging.progress_bar=false"),
     reference_overrides=("train.total_steps=16", "optimizer.warmup_steps=2", "logging.progress_bar=false"),
     overrides=("train.total_steps=8", "optimizer.warmup_steps=2", "checkpoint.every_tokens=8192", "eval.every_tokens=8192",
                "eval.max_rows=16",
@@ -188,10 +227,50 @@ def test_shrunken_quickstart_writes_a_sane_report(quickstart) -> None:
     page = (out / "selected_tokens.html").read_text()
     assert page.count('class="doc"') >= 2 and 'class="sel' in page and "mark" in page
     # The runs are ordinary training runs, resumable with the printed commands.
-    for name in ("reference", "clm-seed0", "slm-seed0", "clm-seed1", "slm-seed1"):
+    for name in ("embedder", "reference", "clm-seed0", "slm-seed0", "clm-seed1", "slm-seed1"):
         assert (out / name / "done.json").is_file()
     slm_config = (out / "slm-seed1" / "config.yaml").read_text()
     assert "seed: 1" in slm_config and "ratio: 0.5" in slm_config
+
+
+@pytest.mark.slow
+def test_reference_data_is_curated_from_the_pool_and_reported(quickstart) -> None:
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    settings, _ = quickstart
+    out = Path(settings.output)
+    facts = json.loads((out / "report.json").read_text())["reference_data"]
+    pool = {r["id"]: r for r in read_jsonl(out / "data" / "pool.jsonl")}
+    # The classifier's figures are sklearn's on the held-out predictions `quality train` stored (phi: high iff score >= 0.5).
+    heldout = read_jsonl(out / "curation" / "classifier" / "heldout.jsonl")
+    truth, predicted = [h["label"] for h in heldout], [int(h["score"] >= 0.5) for h in heldout]
+    assert facts["classifier"]["heldout_documents"] == len(heldout) == 30 and facts["classifier"]["train_documents"] == 90
+    assert facts["classifier"]["f1"] == pytest.approx(f1_score(truth, predicted))
+    assert facts["classifier"]["precision"] == pytest.approx(precision_score(truth, predicted, zero_division=0))
+    assert facts["classifier"]["recall"] == pytest.approx(recall_score(truth, predicted))
+    # kept / total per kind, against the pool's truth; decontamination found every planted problem the filter kept,
+    # and flagged exactly the other kept documents that share an n-gram with a held-out problem (template siblings).
+    assert facts["filter"]["total"] == dict(Counter(r["kind"] for r in pool.values()))
+    kept_report = json.loads((out / "curation" / "filtered" / "filter_report.json").read_text())
+    assert sum(facts["filter"]["kept"].values()) == kept_report["kept"]
+    decontamination = facts["decontamination"]
+    heldout_texts = {r["text"] for r in read_jsonl(out / "data" / "heldout.jsonl")}
+    held_grams = set().union(*map(word_ngrams, heldout_texts))
+    kept_ids = {r["id"] for r in read_jsonl_gz(out / "curation" / "filtered" / "kept")}
+    siblings = [doc_id for doc_id in kept_ids
+                if pool[doc_id]["kind"] != "contaminated" and word_ngrams(pool[doc_id]["text"]) & held_grams]
+    assert decontamination["planted"] == 8 and decontamination["other_documents_flagged"] == len(siblings)
+    assert decontamination["planted_found"] == decontamination["planted_kept_by_filter"]
+    assert decontamination["planted_kept_by_filter"] == facts["filter"]["kept"]["contaminated"]
+    reference = read_jsonl(out / "curation" / "reference.jsonl")
+    assert len(reference) == facts["reference"]["documents"]
+    assert len(reference) == kept_report["kept"] - decontamination["planted_found"] - len(siblings)
+    assert all(pool[r["id"]]["text"] == r["text"] and pool[r["id"]]["kind"] != "contaminated" for r in reference)
+    assert not {r["text"] for r in reference} & heldout_texts
+    # The reference model trained on exactly that file.
+    assert str(out / "curation" / "reference.jsonl") in (out / "reference" / "config.yaml").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Reference data" in markdown and f"F1 {facts['classifier']['f1']:.3f}" in markdown
 
 
 @pytest.mark.slow
@@ -219,8 +298,9 @@ def test_rerun_with_same_settings_resumes_and_other_settings_are_refused(quickst
     settings, summary = quickstart
     capsys.readouterr()
     again = run(settings)  # every run is complete: nothing is retrained, the report is the same
-    assert again["seeds"] == summary["seeds"]
-    assert capsys.readouterr().err.count("is already complete") == 5
+    assert json.dumps(again["seeds"]) == json.dumps(summary["seeds"])  # (as JSON: a rate of no tokens is NaN)
+    output = capsys.readouterr()
+    assert output.err.count("is already complete") == 6 and output.out.count("(done: ") == 6
     changed = Settings(**{**settings.__dict__, "seeds": (0, 1, 2)})
     with pytest.raises(QuickstartError, match=r"seeds: \[0, 1\] -> \[0, 1, 2\]"):
         run(changed)
@@ -233,6 +313,9 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
     assert "'many' is not a int" in capsys.readouterr().err
     assert cli.main(["--output", str(tmp_path / "c"), "--seeds", "1", "1"]) == 2
     assert "--seeds must be distinct" in capsys.readouterr().err
+    assert cli.main(["--output", str(tmp_path / "t"), "--quality-threshold", "1.5"]) == 2
+    assert "the quality threshold is a score of the 0/1 scale in (0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
     assert cli.main(["--output", str(tmp_path / "d"), "--configs", str(ROOT / "configs" / "quickstart"),
                      "--override", "train.bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err

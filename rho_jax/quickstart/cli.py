@@ -9,7 +9,7 @@ import sys
 
 from rho_jax.quickstart import __doc__ as package_doc
 from rho_jax.quickstart.corpus import CorpusSpec
-from rho_jax.quickstart.pipeline import QuickstartError, Settings, run
+from rho_jax.quickstart.pipeline import CLASSIFIER_KINDS, QuickstartError, Settings, run
 
 
 def corpus_spec(items: list[str]) -> CorpusSpec:
@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", action="append", default=[], metavar="FIELD=VALUE",
                         help="corpus size/noise settings, fields of CorpusSpec: "
                         f"{[f.name for f in dataclasses.fields(CorpusSpec)]}")
+    parser.add_argument("--embedder-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the embedding model of the quality classifier")
+    parser.add_argument("--classifier", choices=CLASSIFIER_KINDS, default=defaults.classifier,
+                        help="kind of quality classifier (python -m rho_jax.curate quality train --kind)")
+    parser.add_argument("--quality-threshold", type=float, default=defaults.quality_threshold,
+                        help="lowest quality score the filter keeps (default: the classifier's decision score)")
     parser.add_argument("--reference-override", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the reference run (as for python -m rho_jax.train)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -57,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(set(args.seeds)) != len(args.seeds):
             raise QuickstartError(f"--seeds must be distinct, got {args.seeds}.")
         settings = Settings(output=args.output, seeds=tuple(args.seeds), configs=args.configs,
-                            corpus=corpus_spec(args.corpus), reference_overrides=tuple(args.reference_override),
+                            corpus=corpus_spec(args.corpus), embedder_overrides=tuple(args.embedder_override),
+                            classifier=args.classifier, quality_threshold=args.quality_threshold,
+                            reference_overrides=tuple(args.reference_override),
                             overrides=tuple(args.override), probe_batches=args.probe_batches)
         run(settings)
     except (QuickstartError, ValueError) as err:

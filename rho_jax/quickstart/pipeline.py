@@ -1,10 +1,12 @@
-"""The quickstart, end to end: corpus -> reference model -> CLM and SLM per seed -> report.
+"""The quickstart, end to end: corpus -> embedding model -> curated reference data -> reference model
+-> CLM and SLM per seed -> report.
 
 Every model is trained by the ordinary training CLI (`rho_jax.train.main`) with the configs in
-`configs/quickstart/` plus path and seed overrides; each command is printed so it can be rerun by
-hand. The output directory holds `quickstart.json` (the settings): rerunning with the same
-settings resumes (finished runs are skipped, interrupted ones resume from their checkpoints),
-rerunning with other settings is refused.
+`configs/quickstart/` plus path and seed overrides, and the reference data is curated from the
+corpus's mixed pool by the curation CLI (`rho_jax.curate.main`, see `reference_data`); each command
+is printed so it can be rerun by hand. The output directory holds `quickstart.json` (the settings):
+rerunning with the same settings resumes (finished runs and curation steps are skipped, interrupted
+runs resume from their checkpoints), rerunning with other settings is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rho_jax.models.atomic_dir import atomic_directory
 from rho_jax.quickstart.corpus import CorpusSpec, build_corpus
 from rho_jax.quickstart.curves import heldout_curve
 from rho_jax.quickstart.probe import LABELS, probe_batches
+from rho_jax.quickstart.reference_data import REFERENCE_FILE, curation_steps, reference_data_facts, run_step, write_reference
 from rho_jax.quickstart.report import SeedResult, write_report
 from rho_jax.quickstart.selection import RunModels, documents_for_display, selection_by_step
 from rho_jax.sharding import make_mesh
@@ -33,6 +36,8 @@ from rho_jax.training.run_dir import CONFIG_FILE, METRICS_FILE, read_jsonl
 SETTINGS_FILE = "quickstart.json"
 DATA_DIR = "data"
 CORPUS_FILE = "corpus.json"
+CURATION_DIR = "curation"
+CLASSIFIER_KINDS = ("logistic", "random_forest", "ridge")
 PLOT_FILE = "heldout_loss.png"
 HTML_FILE = "selected_tokens.html"
 
@@ -49,9 +54,12 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2)
     configs: str = "configs/quickstart"
     corpus: CorpusSpec = CorpusSpec()
+    embedder_overrides: tuple[str, ...] = ()
+    classifier: str = "random_forest"
+    quality_threshold: float | None = None
     reference_overrides: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
-    probe_batches: int = 4
+    probe_batches: int = 16
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON data (tuples become lists), as stored in quickstart.json."""
@@ -105,14 +113,27 @@ def ensure_corpus(settings: Settings, out: Path) -> Path:
     return directory
 
 
+def _paths(*files: Path) -> str:
+    return json.dumps([str(f) for f in files])  # a YAML flow list
+
+
+def embedder_plan(settings: Settings, out: Path) -> RunPlan:
+    """The embedding model of the quality classifier: CLM on the raw pool."""
+    data = out / DATA_DIR
+    return RunPlan("embedding model (CLM on the raw pool)", out / "embedder", Path(settings.configs) / "embedder.yaml",
+                   (f"output_dir={out / 'embedder'}", f"data.sources.0.paths={_paths(data / 'pool.jsonl')}",
+                    f"data.tokenizer={data / 'tokenizer'}", *settings.embedder_overrides))
+
+
 def run_plans(settings: Settings, out: Path) -> tuple[RunPlan, list[tuple[int, RunPlan, RunPlan]]]:
     """The reference run, and (seed, CLM run, SLM run) per seed."""
     configs, data = Path(settings.configs), out / DATA_DIR
-    paths = lambda name: json.dumps([str(data / name)])  # noqa: E731  (YAML flow list)
+    paths = lambda name: _paths(data / name)  # noqa: E731
     common = (f"data.tokenizer={data / 'tokenizer'}", f"eval.sets.heldout.paths={paths('heldout.jsonl')}")
-    reference = RunPlan("reference model (CLM on the high-quality data)", out / "reference", configs / "reference.yaml",
-                        (f"output_dir={out / 'reference'}", f"data.sources.0.paths={paths('reference.jsonl')}", *common,
-                         *settings.reference_overrides))
+    curated = _paths(out / CURATION_DIR / REFERENCE_FILE)
+    reference = RunPlan("reference model (CLM on the curated high-quality data)", out / "reference",
+                        configs / "reference.yaml", (f"output_dir={out / 'reference'}", f"data.sources.0.paths={curated}",
+                                                     *common, *settings.reference_overrides))
     pairs = []
     for seed in settings.seeds:
         seeded = (f"data.sources.0.paths={paths('noisy.jsonl')}", *common, f"train.seed={seed}", f"data.seed={seed}",
@@ -137,6 +158,20 @@ def train_run(plan: RunPlan, index: int, total: int) -> None:
                               "Rerun the same quickstart command to resume once it is fixed.")
 
 
+def curate_reference_data(settings: Settings, out: Path, embedder: Path, index: int, total: int) -> dict[str, Any]:
+    """Run the curation commands (skipping finished ones), write reference.jsonl; returns the report's facts."""
+    curation = out / CURATION_DIR
+    steps = curation_steps(out / DATA_DIR, embedder, curation, kind=settings.classifier,
+                           threshold=settings.quality_threshold)
+    print(f"\n==> [{index}/{total}] reference data: quality classifier + filter + decontamination of the pool", flush=True)
+    for step in steps:
+        if not run_step(step):
+            raise QuickstartError(f"curation step '{step.title}' failed; see the error above. Rerun the same quickstart "
+                                  "command to resume once it is fixed.")
+    write_reference(curation)
+    return reference_data_facts(out / DATA_DIR, curation)
+
+
 def mean_selected_fraction(run_dir: Path) -> float:
     return statistics.fmean(record["selected_fraction"] for record in read_jsonl(run_dir / METRICS_FILE))
 
@@ -144,16 +179,25 @@ def mean_selected_fraction(run_dir: Path) -> float:
 def run(settings: Settings) -> dict[str, Any]:
     """Run (or resume) the whole quickstart; returns the report summary."""
     started = time.perf_counter()
+    if settings.classifier not in CLASSIFIER_KINDS:
+        raise QuickstartError(f"classifier must be one of {CLASSIFIER_KINDS}, got {settings.classifier!r}.")
+    if settings.quality_threshold is not None and not 0 < settings.quality_threshold <= 1:
+        raise QuickstartError(f"the quality threshold is a score of the 0/1 scale in (0, 1], got {settings.quality_threshold}.")
+    embedder = embedder_plan(settings, Path(settings.output))
     reference, pairs = run_plans(settings, Path(settings.output))
-    check_plans([reference, *(plan for _, clm, slm in pairs for plan in (clm, slm))])
+    check_plans([embedder, reference, *(plan for _, clm, slm in pairs for plan in (clm, slm))])
     out = check_output(settings)
-    total = 2 + 2 * len(pairs) + 1
+    total = 4 + 2 * len(pairs) + 1
     print(f"==> [1/{total}] corpus and tokenizer -> {out / DATA_DIR}", flush=True)
     data = ensure_corpus(settings, out)
-    train_run(reference, 2, total)
+    curation_started = time.perf_counter()
+    train_run(embedder, 2, total)
+    reference_data = curate_reference_data(settings, out, embedder.output_dir, 3, total)
+    print(f"    (embedding model and reference data: {time.perf_counter() - curation_started:.0f} s)", flush=True)
+    train_run(reference, 4, total)
     for i, (_, clm, slm) in enumerate(pairs):
-        train_run(clm, 3 + 2 * i, total)
-        train_run(slm, 4 + 2 * i, total)
+        train_run(clm, 5 + 2 * i, total)
+        train_run(slm, 6 + 2 * i, total)
 
     print(f"\n==> [{total}/{total}] report: selection on the labelled probe, curves, token page", flush=True)
     tokenizer = load_tokenizer(str(data / "tokenizer"))
@@ -173,7 +217,7 @@ def run(settings: Settings) -> dict[str, Any]:
             context = report_context(settings, cfg, out, reference, probe_tokens)
     render_token_html("rho_jax quickstart: tokens selected by SLM", html_intro(context), display, 4.0, out / HTML_FILE)
     reference_loss = heldout_curve(reference.output_dir)[-1][1]
-    summary = write_report(out, results, reference_loss, context)
+    summary = write_report(out, results, reference_loss, reference_data, context)
     print((out / "report.md").read_text())
     print(f"Report: {out / 'report.md'}, plot: {out / PLOT_FILE}, tokens: {out / HTML_FILE} "
           f"({time.perf_counter() - started:.0f} s)")
@@ -186,8 +230,8 @@ def report_context(settings: Settings, cfg: Any, out: Path, reference: RunPlan, 
     probe_total = sum(probe_tokens.values())
     composition = ", ".join(f"{probe_tokens[label] / probe_total:.0%} {label}" for label in LABELS)
     description = (
-        f"Reference model: CLM on {reference_cfg.total_steps * reference_cfg.tokens_per_step:,} tokens of high-quality "
-        f"math word problems. CLM and SLM: the same model from the same initialization, "
+        f"Reference model: CLM on {reference_cfg.total_steps * reference_cfg.tokens_per_step:,} tokens of the curated "
+        f"high-quality math word problems (see Reference data). CLM and SLM: the same model from the same initialization, "
         f"{cfg.total_steps * cfg.tokens_per_step:,} tokens each ({cfg.total_steps} steps of {cfg.tokens_per_step:,}) of a "
         f"noisy corpus ({composition} of its tokens), SLM with score `{cfg.slm.score}` and ratio {cfg.slm.ratio}. "
         f"Held-out loss: mean cross-entropy on in-domain problems no model trained on. Output: `{out}`."

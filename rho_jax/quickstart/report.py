@@ -3,13 +3,16 @@
 Per seed: final held-out loss of CLM and SLM (same initialization, same tokens), the tokens SLM
 needed to reach CLM's final held-out loss, SLM's selected fraction, and how often SLM selected
 the clean, web-noise and off-domain tokens of the labelled probe. Across seeds: mean, standard
-deviation (n - 1) and range.
+deviation (n - 1) and range. And how the reference data was made (`reference_data_markdown`): the
+quality classifier's held-out precision/recall/F1, what the filter kept of each kind of pool document,
+the planted contaminations decontamination found, and the reference set's size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rho_jax.quickstart.corpus import POOL_KINDS  # noqa: E402
 from rho_jax.quickstart.curves import Curve, tokens_to_reach  # noqa: E402
 from rho_jax.quickstart.probe import LABELS  # noqa: E402
 
@@ -88,12 +92,18 @@ def summarize(results: list[SeedResult]) -> dict[str, Any]:
     }
 
 
+def _percent(rate: float) -> str:
+    """A selection rate as a percentage; "-" for the rate of no tokens (NaN)."""
+    return "-" if math.isnan(rate) else f"{rate:.1%}"
+
+
 def _tokens(n: float) -> str:
     return f"{n / 1e3:.0f}k" if n < 1e6 else f"{n / 1e6:.2f}M"
 
 
-def markdown(summary: dict[str, Any], context: dict[str, Any]) -> str:
-    """The report as Markdown; `context` describes the setup (see `pipeline.report_context`)."""
+def markdown(summary: dict[str, Any], context: dict[str, Any], reference_data: dict[str, Any]) -> str:
+    """The report as Markdown; `context` describes the setup (see `pipeline.report_context`), `reference_data`
+    how the reference data was curated (see `reference_data_markdown`)."""
     lines = [
         "# rho_jax quickstart: SLM vs CLM on a noisy corpus",
         "",
@@ -130,12 +140,41 @@ def markdown(summary: dict[str, Any], context: dict[str, Any]) -> str:
     ]
     for step, rates in summary["selection_by_step"].items():
         lines.append(f"| {_tokens(step * context['tokens_per_step'])} (step {step}) | "
-                     + " | ".join(f"{rates[label]:.1%}" for label in LABELS) + " |")
+                     + " | ".join(_percent(rates[label]) for label in LABELS) + " |")
     overall = summary["selection_rates"]
-    lines.append("| **all probed steps** | " + " | ".join(f"**{overall[label]:.1%}**" for label in LABELS) + " |")
+    lines.append("| **all probed steps** | " + " | ".join(f"**{_percent(overall[label])}**" for label in LABELS) + " |")
+    if any(math.isnan(overall[label]) for label in LABELS):
+        lines += ["", "(-: the probe holds no token of that type; `--probe-batches` takes more batches.)"]
+    lines += ["", *reference_data_markdown(reference_data)]
     lines += ["", f"Files: `{context['plot']}` (held-out loss curves), `{context['html']}` (token selection, "
               "colored by excess loss), `report.json` (these figures), and one run directory per model.", ""]
     return "\n".join(lines)
+
+
+def reference_data_markdown(facts: dict[str, Any]) -> list[str]:
+    """The "Reference data" section: `facts` as made by `reference_data.reference_data_facts`."""
+    c, f, d, r = facts["classifier"], facts["filter"], facts["decontamination"], facts["reference"]
+    kinds = [kind for kind in POOL_KINDS if f["total"][kind]]
+    return [
+        "## Reference data",
+        "",
+        f"Curated from a pool of {sum(f['total'].values()):,} documents by `python -m rho_jax.curate` (the commands "
+        f"are printed above): a `{c['kind']}` quality classifier on an embedding model's features, trained on "
+        f"{c['train_documents']} labelled documents; on its {c['heldout_documents']} held-out labelled documents "
+        f"**precision {c['precision']:.3f}, recall {c['recall']:.3f}, F1 {c['f1']:.3f}** (high quality = a clean "
+        f"worked problem). The filter kept documents scoring >= {f['cutoff']:.3f}:",
+        "",
+        "| pool documents | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+        "| kept / total | " + " | ".join(f"{f['kept'][k]} / {f['total'][k]}" for k in kinds) + " |",
+        "",
+        f"Decontamination of the kept documents against the held-out set (word {d['n']}-grams, drop): "
+        f"**{d['planted_found']} of the {d['planted_kept_by_filter']} planted held-out problems the filter kept found** "
+        f"({d['planted']} planted, {d['planted'] - d['planted_kept_by_filter']} already dropped by the filter), "
+        f"{d['other_documents_flagged']} other documents flagged (template siblings: other GSM-Symbolic instances of a "
+        f"held-out problem's template, sharing a {d['n']}-word run with it). Reference set: **{r['documents']:,} documents** ("
+        + ", ".join(f"{r['by_kind'][k]} {k}" for k in kinds if r["by_kind"][k]) + ").",
+    ]
 
 
 def plot(results: list[SeedResult], reference_loss: float, summary: dict[str, Any], context: dict[str, Any],
@@ -175,11 +214,12 @@ def plot(results: list[SeedResult], reference_loss: float, summary: dict[str, An
     plt.close(fig)
 
 
-def write_report(directory: Path, results: list[SeedResult], reference_loss: float, context: dict[str, Any]) -> dict[str, Any]:
+def write_report(directory: Path, results: list[SeedResult], reference_loss: float, reference_data: dict[str, Any],
+                 context: dict[str, Any]) -> dict[str, Any]:
     """Write report.md, report.json and the plot into `directory`; returns the summary."""
     summary = summarize(results)
     plot(results, reference_loss, summary, context, directory / context["plot"])
-    (directory / "report.md").write_text(markdown(summary, context))
+    (directory / "report.md").write_text(markdown(summary, context, reference_data))
     (directory / "report.json").write_text(json.dumps({"context": context, "reference_heldout_loss": reference_loss,
-                                                       **summary}, indent=2) + "\n")
+                                                       "reference_data": reference_data, **summary}, indent=2) + "\n")
     return summary
