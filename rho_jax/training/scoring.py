@@ -169,6 +169,9 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
                           f"and the {jax.process_count()} processes.")
     metadata = _open_output(cfg, _run_metadata(cfg, rows_metadata))
     output = Path(cfg.output)
+    # Every process has judged the output directory as it was before this run; only then may process 0
+    # create it (else a later process could find it half-made and refuse it).
+    barrier("score-output-checked")
     if is_primary():
         output.mkdir(parents=True, exist_ok=True)
         scores.write_metadata(output, metadata)
