@@ -89,6 +89,7 @@ class Trainer:
         adapter = initial_adapter(cfg.model, inputs.model_config, cfg.train.seed) if cfg.model.lora else None
         if adapter is not None:
             check_same_adapter(inputs.run_dir, adapter.spec)
+        barrier("preflight-done")  # every process judged the run directory as it was before process 0 writes it
         if is_primary():
             initialize_run_dir(inputs.run_dir, cfg, inputs.model_config, inputs.tokenizer_dir, inputs.data_fingerprint,
                                adapter.spec if adapter else None)
