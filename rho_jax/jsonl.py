@@ -1,7 +1,9 @@
-"""Reading user-given JSON-lines files: one JSON object per non-blank line, errors naming file and line."""
+"""Reading JSON-lines files: one JSON object per non-blank line (user-given files with errors naming file and
+line; shards written by a pipeline, plain or gzip)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,3 +36,10 @@ def json_objects(path: str | Path, error: type[Exception] = ValueError) -> Itera
             if not isinstance(row, dict):
                 raise error(f"{where}: a row must be a JSON object, got {type(row).__name__}")
             yield where, row
+
+
+def json_lines(path: str | Path) -> Iterator[Any]:
+    """The JSON value of each non-blank line of `path`, a pipeline's own output (gzip when named `.gz`)."""
+    path = Path(path)
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as handle:
+        yield from (json.loads(line) for line in handle if line.strip())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import gzip
 import io
 import json
 import os
@@ -44,6 +43,7 @@ from datatrove.data import Document
 from rho_jax.curation.decontamination import CutSettings, NGramDecontamination
 from rho_jax.curation.eval_index import EvalItem, NGramIndex, build_index
 from rho_jax.curation.ngrams import NGramSettings, words
+from rho_jax.jsonl import json_lines
 
 QUICKSTART_DATA = Path(__file__).resolve().parents[1] / "quickstart" / "data"
 BATCH = 256
@@ -91,8 +91,7 @@ def load_documents(corpus: str | None, text_field: str, megabytes: float) -> lis
         raise ValueError(f"no corpus files match {corpus!r}")
     texts = []
     for path in paths:
-        with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
-            texts += [json.loads(line)[text_field] for line in f if line.strip()]
+        texts += [record[text_field] for record in json_lines(path)]
     documents, size = [], 0
     while size < megabytes * 1e6:
         for text in texts:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import hashlib
 import io
 import json
@@ -52,6 +51,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rho_jax.analysis.models import model_source
 from rho_jax.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from rho_jax.jsonl import json_lines
 from rho_jax.models import Llama, ModelOptions
 from rho_jax.sharding import BATCH_AXES, MeshConfig, batch_sharding, make_mesh, param_shardings, replicated
 from rho_jax.training.model_sources import load_model, tokenizer_dir
@@ -367,8 +367,7 @@ def read_embedded_shards(folder: str | Path) -> EmbeddedShards:
         if not matrix_path.is_file() or not spec_path.is_file():
             raise ValueError(f"{shard} has no {matrix_path.name} / {spec_path.name} beside it: it was not written by "
                              "`quality embed` (or that task did not finish).")
-        with gzip.open(shard, "rt", encoding="utf-8") as f:
-            lines = [json.loads(line) for line in f if line.strip()]
+        lines = list(json_lines(shard))
         matrix = np.load(matrix_path, allow_pickle=False)
         if matrix.ndim != 2 or len(matrix) != len(lines):
             raise ValueError(f"{matrix_path} has shape {matrix.shape} but {shard} holds {len(lines)} documents.")

@@ -19,7 +19,6 @@ refuses a classifier trained on another model's embeddings before it scores anyt
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import math
 from pathlib import Path
@@ -36,6 +35,7 @@ from datatrove.utils.batching import batched
 from rho_jax.curation.classifier import QualityClassifier
 from rho_jax.curation.corpus import corpus_reader
 from rho_jax.curation.embeddings import EMBEDDING_KEY, SHARD_SUFFIX, EmbedDocuments
+from rho_jax.jsonl import json_lines
 
 SCORE_KEY = "quality_score"
 BELOW_THRESHOLD = "below_threshold"
@@ -135,8 +135,7 @@ def read_scores(folder: str | Path) -> np.ndarray:
     """float64 `metadata["quality_score"]` of every document in the `*.jsonl.gz` shards of `folder`."""
     scores = []
     for shard in sorted(Path(folder).glob(f"*{SHARD_SUFFIX}")):
-        with gzip.open(shard, "rt", encoding="utf-8") as f:
-            scores += [json.loads(line)["metadata"][SCORE_KEY] for line in f if line.strip()]
+        scores += [record["metadata"][SCORE_KEY] for record in json_lines(shard)]
     return np.asarray(scores, np.float64)
 
 

@@ -19,7 +19,6 @@ what the steps wrote, and the pool's true kinds, into the report's "Reference da
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import shlex
 from collections import Counter
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rho_jax import curate
+from rho_jax.jsonl import json_lines
 from rho_jax.quickstart.corpus import DECONTAMINATION_N, POOL_KINDS
 
 REFERENCE_FILE = "reference.jsonl"
@@ -89,8 +89,7 @@ def run_step(step: CurateStep) -> bool:
 def _records(folder: Path, pattern: str) -> Iterator[dict[str, Any]]:
     """The JSON lines of the `pattern` files of `folder` (gzip if named .gz), in file-name order."""
     for path in sorted(folder.glob(pattern)):
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            yield from (json.loads(line) for line in f if line.strip())
+        yield from json_lines(path)
 
 
 def write_reference(out: Path) -> Path:
