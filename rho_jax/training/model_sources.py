@@ -164,14 +164,6 @@ def run_adapter(path: str | Path) -> LoraAdapter:
     return load_checkpoint_adapter(step_dir, run_lora_spec(run), run_model_config(run))
 
 
-def is_adapter_source(path: str | Path) -> bool:
-    """Whether `path` holds a LoRA adapter `load_adapter` reads (rather than a model)."""
-    path = Path(path)
-    step_dir = _checkpoint_dir(path)
-    return (is_lora_dir(path) or (path / ADAPTER_CONFIG).is_file()
-            or (step_dir is not None and is_lora_run(step_dir.parent.parent)))
-
-
 def load_adapter(path: str | Path, cfg: ModelConfig) -> LoraAdapter:
     """A LoRA adapter for a model of config `cfg`, checked against it: a rho_jax adapter directory, a
     LoRA training run (newest checkpoint) or one of its checkpoints, or a PEFT adapter directory.
