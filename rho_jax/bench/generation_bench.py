@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rho_jax.bench.arguments import below_minimum
 from rho_jax.generation import Generator, SamplingParams
 from rho_jax.generation.buckets import default_bucket
 from rho_jax.generation.loading import generation_source, generation_tokenizer
@@ -302,10 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name, least in (("batch", 1), ("prompt_len", 1), ("new_tokens", 2), ("rounds", 1)):
-        if getattr(args, name) < least:
-            print(f"error: --{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}.", file=sys.stderr)
-            return 2
+    problem = below_minimum(args, {"batch": 1, "prompt_len": 1, "new_tokens": 2, "rounds": 1})
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     print(format_report(run(args), args))
     return 0
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rho_jax.bench.arguments import below_minimum
 from rho_jax.bench.generation_bench import DEFAULT_MODEL, load_bench_model
 from rho_jax.generation import Completion, Generator
 from rho_jax.synthesis import Settings, input_shards, load_template, synthesize
@@ -124,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("documents", "shards", "samples", "new_tokens", "chunk_tokens", "batch"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.", file=sys.stderr)
-            return 2
+    problem = below_minimum(args, dict.fromkeys(("documents", "shards", "samples", "new_tokens", "chunk_tokens", "batch"), 1))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.shards > args.documents:
         print(f"error: --shards ({args.shards}) must not exceed --documents ({args.documents}).", file=sys.stderr)
         return 2
