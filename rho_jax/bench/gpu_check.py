@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from rho_jax.bench.parts import Part, PartRecorder, run_parts
+from rho_jax.training.checkpoint_errors import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "configs" / "models"
@@ -122,11 +123,6 @@ SMOKE = Settings(
     pytest_suites=(("attention kernels",
                     ("tests/test_attention_kernels.py::test_document_mask_dense_matches_token_by_token_rule",)),),
 )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -301,7 +297,7 @@ def _try_remat_batch(model: Any, reference: Any, mesh: Any, batch_size: int, set
     except Exception as err:  # XlaRuntimeError and friends: only out-of-memory ends the search quietly
         if not is_out_of_memory(err):
             raise
-        return row | {"fits": False, "error": _first_line(err)}
+        return row | {"fits": False, "error": one_line(err, 300)}
     mfu = tokens * flops_per_token / seconds / (peak * 1e12) if peak else None
     return row | {"fits": True, "step_ms": seconds * 1e3, "tokens_per_s": tokens / seconds, "mfu": mfu}
 
@@ -369,7 +365,7 @@ def attention(settings: Settings, recorder: PartRecorder, deadline: float) -> No
                 seconds = _timed_step(variant["run"], settings.attention_steps)
                 row |= {"step_ms": seconds * 1e3, "tokens_per_s": tokens / seconds, "memory_mib": _mib(variant["memory"])}
             except Exception as err:  # a kernel that refuses the shape or mask, or runs out of memory: a row, not the end
-                row["error"] = _first_line(err)
+                row["error"] = one_line(err, 300)
             rows.append(row)
             recorder.record("steps", rows)
 
@@ -406,7 +402,7 @@ def run_one_part(name: str, part_file: Path, deadline: float, smoke: bool) -> in
         PART_FUNCTIONS[name](SMOKE if smoke else FULL, recorder, deadline)
     except Exception as err:
         traceback.print_exc()
-        recorder.fail(_first_line(err))
+        recorder.fail(one_line(err, 300))
         return 1
     return 0
 
